@@ -1,0 +1,1 @@
+"""HTTP layer: thin routers that parse a request, call one service and shape the answer."""

@@ -1,0 +1,40 @@
+"""GET /info/: what this server offers, in the shape every MONAI Label client parses."""
+
+from __future__ import annotations
+
+from fastapi import Depends
+
+from annotation_server import __version__
+from annotation_server.api.deps import get_services
+from annotation_server.api.routing import CompatRouter
+from annotation_server.api.schemas import InfoResponse, ModelDescription, StrategyDescription
+from annotation_server.inference.labels import foreground_labels
+from annotation_server.services import Services
+
+router = CompatRouter(tags=["info"])
+
+
+@router.get("/info/", response_model=InfoResponse, summary="App, models, strategies and datastore summary")
+def info(services: Services = Depends(get_services)) -> InfoResponse:
+    app = services.app
+    models = {
+        task.name: ModelDescription(
+            type=task.type,
+            labels=dict(task.labels),
+            dimension=task.dimension,
+            description=task.description,
+            version=task.version,
+            config={"device": services.device_names, **task.config()},
+        )
+        for task in services.inference.tasks.values()
+    }
+    return InfoResponse(
+        name=f"annotation-server - {app.name} ({__version__})",
+        description=app.description,
+        version=__version__,
+        labels=[name for name, _ in foreground_labels(dict(app.labels))],
+        models=models,
+        strategies={k: StrategyDescription(**v) for k, v in services.active_learning.describe().items()},
+        datastore=services.datastore.stats(),
+        server={"app": app.name, "app_version": app.version, "device": services.device},
+    )

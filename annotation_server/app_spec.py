@@ -1,0 +1,87 @@
+"""An app is declarative Python: its labels, the models it serves and any extra next-sample strategies.
+
+`load_app("kidney")` finds an app by name (installed entry point `annotation_server.apps`, or the
+`annotation_apps` package built from the repository's `apps/` folder) or by path to a folder/file that
+defines `APP`. Adding an app never means editing the server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from annotation_server.errors import NotFoundError
+from annotation_server.inference.task import InferTask
+from annotation_server.learning.strategies import Strategy
+
+ENTRY_POINT_GROUP = "annotation_server.apps"
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    description: str
+    labels: Mapping[str, int]
+    models: Sequence[InferTask]
+    strategies: Mapping[str, Strategy] = field(default_factory=dict)
+    version: str = "0.1.0"
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"app '{self.name}' declares duplicate model names: {names}")
+        values = list(self.labels.values())
+        if len(set(values)) != len(values):
+            raise ValueError(f"app '{self.name}' gives two labels the same value: {dict(self.labels)}")
+
+
+def _from_module(module_name: str, source: str) -> AppSpec:
+    module = importlib.import_module(module_name)
+    app = getattr(module, "APP", None)
+    if not isinstance(app, AppSpec):
+        raise NotFoundError(f"{source} does not define APP = AppSpec(...)")
+    return app
+
+
+def _from_path(path: Path) -> AppSpec:
+    init = path / "__init__.py" if path.is_dir() else path
+    if not init.is_file():
+        raise NotFoundError(f"app folder '{path}' has no __init__.py defining APP")
+    module_name = f"annotation_user_app_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(
+        module_name, init, submodule_search_locations=([str(path)] if path.is_dir() else None)
+    )
+    if spec is None or spec.loader is None:
+        raise NotFoundError(f"cannot import app from '{path}'")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return _from_module(module_name, str(path))
+
+
+def available_apps() -> list[str]:
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_app(name_or_path: str) -> AppSpec:
+    """Resolve `--app`: a path, an installed entry point, or a folder of the `annotation_apps` package."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() and (path.is_dir() or path.suffix == ".py"):
+        return _from_path(path)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name_or_path:
+            app = ep.load()
+            if not isinstance(app, AppSpec):
+                raise NotFoundError(f"entry point '{ep.value}' is not an AppSpec")
+            return app
+    try:
+        return _from_module(f"annotation_apps.{name_or_path}", f"app '{name_or_path}'")
+    except ModuleNotFoundError:
+        pass
+    known = ", ".join(available_apps()) or "none installed"
+    raise NotFoundError(f"app '{name_or_path}' not found (known apps: {known}); pass an app name or a folder path")

@@ -1,0 +1,44 @@
+"""Domain errors.
+
+Services raise these; they know nothing about HTTP. `annotation_server.api.errors` maps each class to
+a 4xx status so that a client mistake never surfaces as a bare 500. Every message is written for the
+person who made the request: it says what was wrong and what to do instead.
+"""
+
+from __future__ import annotations
+
+
+class AnnotationServerError(Exception):
+    """Base class of every error the server raises on purpose."""
+
+
+class NotFoundError(AnnotationServerError):
+    """A named thing (image, label, model, strategy, session) does not exist."""
+
+
+class InvalidRequestError(AnnotationServerError):
+    """The request is well-formed HTTP but its content cannot be used (bad id, bad params)."""
+
+
+class GeometryMismatchError(InvalidRequestError):
+    """A label's voxel grid (shape or affine) differs from the image it belongs to."""
+
+
+class CorruptFileError(InvalidRequestError):
+    """A file has a supported format but cannot be read (truncated, damaged, empty)."""
+
+
+class UnsupportedFormatError(AnnotationServerError):
+    """A file's format (by extension or content) is not one the server reads."""
+
+
+class ConflictError(AnnotationServerError):
+    """The request conflicts with the current state (e.g. an image id that already exists)."""
+
+
+class BusyError(AnnotationServerError):
+    """The server is at capacity for this kind of work; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,1 @@
+"""Choosing what to annotate next (and, later, learning from what was annotated)."""

@@ -1,0 +1,39 @@
+"""Serves POST /activelearning/{strategy}: pick, record the pick, answer in MONAI Label's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from annotation_server.datastore import Datastore
+from annotation_server.errors import NotFoundError
+from annotation_server.learning.strategies import Strategy
+
+
+class ActiveLearningService:
+    def __init__(self, strategies: Mapping[str, Strategy], datastore: Datastore) -> None:
+        self.strategies = dict(strategies)
+        self.datastore = datastore
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {name: {"description": s.description} for name, s in self.strategies.items()}
+
+    def next_sample(self, strategy: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The next image as {id, name, path, ts, strategy: {...}, ...image info}, or {} if none is left."""
+        chosen = self.strategies.get(strategy)
+        if chosen is None:
+            available = ", ".join(sorted(self.strategies))
+            raise NotFoundError(f"strategy '{strategy}' not found; available strategies: {available}")
+        image_id = chosen.select(self.datastore, request, exclude=())
+        if image_id is None:
+            return {}
+        client_id = request.get("client_id")
+        self.datastore.record_pick(strategy, image_id, client_id if isinstance(client_id, str) else None)
+        info = self.datastore.image_info(image_id)
+        return {
+            **info,
+            "id": image_id,
+            "path": str(Path(info["path"])),
+            "strategy": self.datastore.strategy_info(image_id),
+        }

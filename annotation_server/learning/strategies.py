@@ -1,0 +1,48 @@
+"""Next-sample strategies. Built-ins mirror MONAI Label's: random, first and last unlabeled image.
+
+A strategy only picks an id; the ActiveLearningService records the pick and builds the response, so
+an app's own strategy is a few lines.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+from annotation_server.datastore import Datastore
+
+
+class Strategy(Protocol):
+    description: str
+
+    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | None:
+        """Return the id of the image to annotate next, or None when there is nothing left."""
+        ...
+
+
+class FirstStrategy:
+    description = "First unlabeled image (by id)"
+
+    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | None:
+        return datastore.first_unlabeled(exclude=exclude)
+
+
+class LastStrategy:
+    description = "Last unlabeled image (by id)"
+
+    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | None:
+        return datastore.first_unlabeled(last=True, exclude=exclude)
+
+
+class RandomStrategy:
+    description = "Random unlabeled image, favouring those not offered recently"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | None:
+        return datastore.random_unlabeled("random", self._rng, exclude=exclude)
+
+
+def builtin_strategies() -> dict[str, Strategy]:
+    return {"random": RandomStrategy(), "first": FirstStrategy(), "last": LastStrategy()}

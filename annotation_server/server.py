@@ -1,0 +1,149 @@
+"""create_app(): one FastAPI application with its services, built from Settings and an AppSpec.
+
+Services are built in the lifespan and hung on `app.state`; routers reach them through `api.deps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from annotation_server import __version__
+from annotation_server.api import activelearning, datastore, health, infer, info, logs, model, session
+from annotation_server.api.errors import install_error_handlers
+from annotation_server.app_spec import AppSpec, load_app
+from annotation_server.datastore import LocalDatastore
+from annotation_server.inference.cache import VolumeCache
+from annotation_server.inference.device import detect_device
+from annotation_server.inference.engine import InferenceService
+from annotation_server.learning.active_learning import ActiveLearningService
+from annotation_server.learning.strategies import builtin_strategies
+from annotation_server.logging_setup import attach_file_log, detach_file_log
+from annotation_server.samples import ensure_sample_studies
+from annotation_server.services import Services
+from annotation_server.sessions import SessionStore
+from annotation_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (
+    info.router,
+    infer.router,
+    datastore.router,
+    session.router,
+    activelearning.router,
+    model.router,
+    logs.router,
+    health.router,
+)
+
+
+def resolve_studies(settings: Settings) -> Path:
+    """The site's folder, or the embedded sample set copied to the data folder when none is given."""
+    if settings.studies is not None:
+        return settings.studies.expanduser()
+    return ensure_sample_studies(settings.sample_studies_dir)
+
+
+def build_services(settings: Settings, app_spec: AppSpec) -> Services:
+    studies = resolve_studies(settings)
+    store = LocalDatastore(studies)
+    store.rescan()
+    device, device_names = detect_device()
+    inference = InferenceService(
+        tasks={task.name: task for task in app_spec.models},
+        cache=VolumeCache(settings.cache_mb << 20),
+        datastore=store,
+        work_dir=settings.data_dir / "tmp" / "results",
+        workers=settings.infer_workers,
+        max_pending=settings.infer_queue_size,
+    )
+    inference.load_all(device)
+    strategies = {**builtin_strategies(), **app_spec.strategies}
+    return Services(
+        settings=settings,
+        app=app_spec,
+        datastore=store,
+        inference=inference,
+        sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
+        active_learning=ActiveLearningService(strategies, store),
+        device=device,
+        device_names=device_names,
+    )
+
+
+def startup_summary(services: Services) -> str:
+    settings = services.settings
+    scheme = "https" if settings.ssl_certfile else "http"
+    models = ", ".join(f"{t.name} ({t.type}, v{t.version})" for t in services.inference.tasks.values()) or "none"
+    store = services.datastore
+    return (
+        f"annotation-server {__version__} listening on {scheme}://{settings.host}:{settings.port}\n"
+        f"  app:     {services.app.name} - {services.app.description}\n"
+        f"  models:  {models} on {services.device}\n"
+        f"  studies: {store.stats().total} in {getattr(store, 'root', '?')}\n"
+        f"  logs:    {settings.log_file}"
+    )
+
+
+async def _every(seconds: float, work: object) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(work)  # type: ignore[arg-type]
+        except Exception:  # a failed housekeeping round must not stop the next one
+            logger.exception("background task failed")
+
+
+def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None) -> FastAPI:
+    """Build the ASGI app. `app_spec` defaults to `load_app(settings.app)`."""
+    settings = settings or Settings()
+    spec = app_spec or load_app(settings.app)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        handler = attach_file_log(settings.log_file, settings.log_level)
+        services = await asyncio.to_thread(build_services, settings, spec)
+        app.state.services = services
+        tasks = [asyncio.create_task(_every(60, services.sessions.purge_expired))]
+        if settings.rescan_interval_s > 0:
+            tasks.append(asyncio.create_task(_every(settings.rescan_interval_s, services.datastore.rescan)))
+        summary = startup_summary(services)
+        logger.info(summary)
+        print(summary, flush=True)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            services.close()
+            detach_file_log(handler)
+
+    app = FastAPI(
+        title="annotation-server",
+        version=__version__,
+        description="AI-assisted annotation of 3D medical images; speaks the MONAI Label REST protocol.",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

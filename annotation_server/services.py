@@ -1,0 +1,33 @@
+"""The services one server instance runs on. Built in the app's lifespan, reached through api.deps.
+
+There is no module-level app or service: two servers with different settings can share a process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from annotation_server.app_spec import AppSpec
+from annotation_server.datastore import Datastore
+from annotation_server.inference.engine import InferenceService
+from annotation_server.learning.active_learning import ActiveLearningService
+from annotation_server.sessions import SessionStore
+from annotation_server.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    app: AppSpec
+    datastore: Datastore
+    inference: InferenceService
+    sessions: SessionStore
+    active_learning: ActiveLearningService
+    device: str
+    device_names: list[str]
+    started_ts: float = field(default_factory=time.time)
+
+    def close(self) -> None:
+        self.inference.close()
+        self.datastore.close()

@@ -1,0 +1,60 @@
+"""Server settings, read once from the command line, `ANNOTATE_*` environment variables or `.env`.
+
+One `Settings` object is built at start and passed down explicitly; nothing reads the environment later,
+so tests can run several differently configured servers in one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_path
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Per-user folder for the sample studies, logs and sessions (never inside the installed package)."""
+    return user_data_path("annotation-server", appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Everything a site admin can configure. Field docs double as `--help` text and README material."""
+
+    model_config = SettingsConfigDict(env_prefix="ANNOTATE_", env_file=".env", extra="ignore")
+
+    app: str = Field("kidney", description="App name (from apps/ or an installed entry point) or path to an app folder")
+    studies: Path | None = Field(
+        None, description="Folder of studies to serve; default: the embedded sample study set in the data dir"
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Per-user data: samples, logs, sessions")
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error")
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="Allowed CORS origins")
+    session_expiry_s: int = Field(3600, ge=1, description="Longest a MONAI Label session lives after its last use")
+    max_upload_mb: int = Field(2048, ge=1, description="Largest accepted upload (image, label or session), in MB")
+    infer_workers: int = Field(1, ge=1, description="Inference threads (one model instance is shared between them)")
+    infer_queue_size: int = Field(
+        16, ge=1, description="Inference requests allowed to wait; more get 503 + Retry-After"
+    )
+    cache_mb: int = Field(2048, ge=16, description="Memory for decoded volumes kept between requests")
+    rescan_interval_s: float = Field(30.0, ge=0, description="Seconds between scans for new studies (0 = off)")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (MITK only speaks HTTPS)")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "server.log"
+
+    @property
+    def session_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+    @property
+    def sample_studies_dir(self) -> Path:
+        return self.data_dir / "studies" / "sample"

@@ -1,0 +1,1 @@
+"""Apps shipped with annotation-server (installed as the `annotation_apps` package)."""
