@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from annotation_server.errors import NotFoundError
 from annotation_server.inference.task import InferTask
@@ -22,12 +23,25 @@ from annotation_server.learning.strategies import Strategy
 ENTRY_POINT_GROUP = "annotation_server.apps"
 
 
+@runtime_checkable
+class ModelSource(Protocol):
+    """A model declared by reference (e.g. a bundle folder), built when the server starts.
+
+    Building late means a broken model (corrupted weights, missing file) is reported and skipped at start
+    instead of making the app impossible to import.
+    """
+
+    name: str
+
+    def build(self) -> InferTask: ...
+
+
 @dataclass(frozen=True)
 class AppSpec:
     name: str
     description: str
     labels: Mapping[str, int]
-    models: Sequence[InferTask]
+    models: Sequence[InferTask | ModelSource]
     strategies: Mapping[str, Strategy] = field(default_factory=dict)
     version: str = "0.1.0"
 
@@ -85,3 +99,18 @@ def load_app(name_or_path: str) -> AppSpec:
         pass
     known = ", ".join(available_apps()) or "none installed"
     raise NotFoundError(f"app '{name_or_path}' not found (known apps: {known}); pass an app name or a folder path")
+
+
+def build_models(app: AppSpec) -> tuple[list[InferTask], dict[str, str]]:
+    """The app's servable models, and for each one that could not be built, the reason."""
+    built: list[InferTask] = []
+    failed: dict[str, str] = {}
+    for model in app.models:
+        if isinstance(model, InferTask):
+            built.append(model)
+            continue
+        try:
+            built.append(model.build())
+        except Exception as exc:  # one broken model must not take the others down
+            failed[model.name] = f"{type(exc).__name__}: {exc}"
+    return built, failed

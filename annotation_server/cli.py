@@ -97,6 +97,9 @@ def main_command(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (for MITK)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS key")] = None,
+    model_dir: Annotated[
+        list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
+    ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
 ) -> None:
     """Start the server (when no command is given)."""
@@ -104,7 +107,7 @@ def main_command(
         typer.echo(__version__)
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
-        _serve(app, studies, host, port, data_dir, log_level, ssl_certfile, ssl_keyfile)
+        _serve(app, studies, host, port, data_dir, log_level, ssl_certfile, ssl_keyfile, model_dir)
 
 
 @models_cli.command("list")
@@ -135,7 +138,13 @@ def models_list(
     for column in ("name", "type", "version", "sha256", "labels"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["type"], row["version"], (row["sha256"] or "-")[:16], json.dumps(row["labels"]))
+        table.add_row(
+            row["name"],
+            row["type"] or "[red]error[/red]",
+            row["version"] or row.get("error", "-"),
+            (row["sha256"] or "-")[:16],
+            json.dumps(row["labels"]),
+        )
     Console().print(table)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -18,11 +19,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from annotation_server import __version__
 from annotation_server.api import activelearning, datastore, health, infer, info, logs, model, session
 from annotation_server.api.errors import install_error_handlers
-from annotation_server.app_spec import AppSpec, load_app
+from annotation_server.app_spec import AppSpec, build_models, load_app
 from annotation_server.datastore import LocalDatastore
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
+from annotation_server.inference.model_sources import BundleModel
+from annotation_server.inference.task import InferTask
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.strategies import builtin_strategies
 from annotation_server.logging_setup import attach_file_log, detach_file_log
@@ -52,20 +55,37 @@ def resolve_studies(settings: Settings) -> Path:
     return ensure_sample_studies(settings.sample_studies_dir)
 
 
+def load_models(settings: Settings, app_spec: AppSpec, device: str) -> tuple[dict[str, InferTask], dict[str, str]]:
+    """Build and load every model (the app's plus `--model-dir` bundles); a broken one is skipped with its reason."""
+    extra = [BundleModel(path=p, name=Path(p).name) for p in settings.model_dirs]
+    tasks, failed = build_models(replace(app_spec, models=[*app_spec.models, *extra]))
+    loaded: dict[str, InferTask] = {}
+    for task in tasks:
+        try:
+            task.load(device)
+        except Exception as exc:
+            failed[task.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        loaded[task.name] = task
+    for name, reason in failed.items():
+        logger.error("model %s not served: %s", name, reason)
+    return loaded, failed
+
+
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     studies = resolve_studies(settings)
     store = LocalDatastore(studies)
     store.rescan()
     device, device_names = detect_device()
+    tasks, failed = load_models(settings, app_spec, device)
     inference = InferenceService(
-        tasks={task.name: task for task in app_spec.models},
+        tasks=tasks,
         cache=VolumeCache(settings.cache_mb << 20),
         datastore=store,
         work_dir=settings.data_dir / "tmp" / "results",
         workers=settings.infer_workers,
         max_pending=settings.infer_queue_size,
     )
-    inference.load_all(device)
     strategies = {**builtin_strategies(), **app_spec.strategies}
     return Services(
         settings=settings,
@@ -76,6 +96,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         active_learning=ActiveLearningService(strategies, store),
         device=device,
         device_names=device_names,
+        failed_models=failed,
     )
 
 
@@ -84,13 +105,15 @@ def startup_summary(services: Services) -> str:
     scheme = "https" if settings.ssl_certfile else "http"
     models = ", ".join(f"{t.name} ({t.type}, v{t.version})" for t in services.inference.tasks.values()) or "none"
     store = services.datastore
-    return (
-        f"annotation-server {__version__} listening on {scheme}://{settings.host}:{settings.port}\n"
-        f"  app:     {services.app.name} - {services.app.description}\n"
-        f"  models:  {models} on {services.device}\n"
-        f"  studies: {store.stats().total} in {getattr(store, 'root', '?')}\n"
-        f"  logs:    {settings.log_file}"
-    )
+    lines = [
+        f"annotation-server {__version__} listening on {scheme}://{settings.host}:{settings.port}",
+        f"  app:     {services.app.name} - {services.app.description}",
+        f"  models:  {models} on {services.device}",
+        *(f"  NOT SERVED: {name}: {reason}" for name, reason in services.failed_models.items()),
+        f"  studies: {store.stats().total} in {getattr(store, 'root', '?')}",
+        f"  logs:    {settings.log_file}",
+    ]
+    return "\n".join(lines)
 
 
 async def _every(seconds: float, work: object) -> None:

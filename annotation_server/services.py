@@ -26,6 +26,7 @@ class Services:
     active_learning: ActiveLearningService
     device: str
     device_names: list[str]
+    failed_models: dict[str, str] = field(default_factory=dict)
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     studies: Path | None = Field(
         None, description="Folder of studies to serve; default: the embedded sample study set in the data dir"
     )
+    model_dirs: list[Path] = Field(default_factory=list, description="Extra MONAI bundle folders to serve by path")
     host: str = Field("127.0.0.1", description="Interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     data_dir: Path = Field(default_factory=default_data_dir, description="Per-user data: samples, logs, sessions")

@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import zipfile
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from fastapi import Depends, File, Form, Query, UploadFile
@@ -30,7 +30,7 @@ router = CompatRouter(tags=["datastore"])
 OCTET = "application/octet-stream"
 
 
-class ListingOutput(str, Enum):
+class ListingOutput(StrEnum):
     stats = "stats"
     all = "all"
     train = "train"

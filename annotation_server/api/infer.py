@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from fastapi import Depends, File, Form, Query, UploadFile
@@ -26,7 +26,7 @@ from annotation_server.services import Services
 router = CompatRouter(tags=["infer"])
 
 
-class InferOutput(str, Enum):
+class InferOutput(StrEnum):
     image = "image"
     json = "json"
     all = "all"

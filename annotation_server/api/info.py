@@ -36,5 +36,10 @@ def info(services: Services = Depends(get_services)) -> InfoResponse:
         models=models,
         strategies={k: StrategyDescription(**v) for k, v in services.active_learning.describe().items()},
         datastore=services.datastore.stats(),
-        server={"app": app.name, "app_version": app.version, "device": services.device},
+        server={
+            "app": app.name,
+            "app_version": app.version,
+            "device": services.device,
+            "failed_models": services.failed_models,
+        },
     )

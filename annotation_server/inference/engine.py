@@ -85,10 +85,6 @@ class InferenceService:
             raise NotFoundError(f"model '{name}' not found; available models: {available}")
         return task
 
-    def load_all(self, device: str) -> None:
-        for task in self.tasks.values():
-            task.load(device)
-
     async def infer(self, model: str, source: ImageSource, params: InferParams) -> InferOutcome:
         task = self.task(model)
         extension = self._result_extension(params, source)

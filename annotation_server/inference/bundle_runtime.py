@@ -1,0 +1,128 @@
+"""Running a bundle: its network on a device, its transforms around it, the result back on the input grid.
+
+The volume comes from the server's cache as an array plus RAS affine; it is wrapped as the MetaTensor
+MONAI's LoadImaged would produce, so the bundle's own preprocessing (Orientationd, Spacingd, intensity
+scaling, cropping, ...) runs unchanged and records what it did. The prediction is then inverted with those
+records (MONAI's Invertd, nearest neighbour for labels), which puts it on the input's exact voxel grid
+whatever its orientation or spacing: a label off by a flip or a voxel is the worst bug this product can have.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import Compose, Invertd, LoadImage, LoadImaged, SaveImage, SaveImaged
+
+from annotation_server.imaging import Volume
+from annotation_server.inference.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+_FILE_IO = (LoadImage, LoadImaged, SaveImage, SaveImaged)
+
+
+def volume_to_metatensor(array: np.ndarray, volume: Volume, channel_first: bool = False) -> MetaTensor:
+    """What LoadImaged(image_only=True) returns for an array on `volume`'s grid, RAS affine in the meta.
+
+    `channel_first` marks extra inputs such as click guidance (channels, i, j, k).
+    """
+    affine = torch.as_tensor(volume.geometry.affine, dtype=torch.float64)
+    meta = {
+        "affine": affine.clone(),
+        "original_affine": affine.clone(),
+        "spatial_shape": np.asarray(volume.geometry.shape),
+        "original_channel_dim": 0 if channel_first else "no_channel",
+        "space": "RAS",
+        "filename_or_obj": "memory",
+    }
+    return MetaTensor(torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32), meta=meta)
+
+
+def _without_file_io(compose: Any) -> Compose:
+    transforms = compose.flatten().transforms if isinstance(compose, Compose) else list(compose)
+    return Compose([t for t in transforms if not isinstance(t, _FILE_IO)])
+
+
+def load_state_dict(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """Weights as a state dict from .safetensors, a plain state dict, or a {'model': ...} checkpoint."""
+    if bundle.weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(bundle.weights))
+    checkpoint = torch.load(bundle.weights, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "network"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+class BundleRuntime:
+    """The network (one instance per device, shared by requests) and the bundle's pipelines."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", image_key: str = "image") -> None:
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.image_key = image_key
+        # Click models concatenate image and guidance under another key; the image key keeps the records
+        # used to invert the prediction.
+        self.input_key = str(bundle.extras.get("input_key", image_key))
+        parser = ConfigParser()
+        parser.read_meta(str(bundle.root / "configs" / "metadata.json"))
+        parser.read_config(str(bundle.config_file))
+        parser["bundle_root"] = str(bundle.root)
+        parser["device"] = f"$torch.device('{self.device}')"
+        self.network: torch.nn.Module = parser.get_parsed_content("network_def")
+        self.network.load_state_dict(load_state_dict(bundle))
+        self.network.to(self.device).eval()
+        self._full_preprocessing = parser.get_parsed_content("preprocessing")
+        self.preprocessing = _without_file_io(self._full_preprocessing)
+        self.inferer: Inferer = (
+            parser.get_parsed_content("inferer") if "inferer" in parser else SlidingWindowInferer(roi_size=96)
+        )
+        self.postprocessing = (
+            _without_file_io(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser else None
+        )
+        self._invert = Invertd(
+            keys="pred", transform=self._full_preprocessing, orig_keys=image_key, nearest_interp=True
+        )
+
+    def _autocast(self) -> Any:
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def preprocess(self, inputs: dict[str, MetaTensor]) -> dict[str, Any]:
+        return self.preprocessing(dict(inputs))
+
+    @torch.no_grad()
+    def forward(self, network_input: torch.Tensor) -> torch.Tensor:
+        """The raw network pass through the bundle's inferer (what benchmarks compare against)."""
+        with self._autocast():
+            return self.inferer(network_input[None].to(self.device), self.network)[0].float()
+
+    def run(self, inputs: dict[str, MetaTensor], output_shape: tuple[int, ...]) -> np.ndarray:
+        """Channel-index label map on the grid of `inputs[image_key]` as given (before preprocessing)."""
+        data = self.preprocess(inputs)
+        data["pred"] = self.forward(data[self.input_key]).cpu()
+        if self.postprocessing is not None:
+            data = self.postprocessing(data)
+        pred = data["pred"]
+        if tuple(pred.shape[-3:]) != tuple(output_shape):  # the bundle does not invert: we do, nearest neighbour
+            if pred.shape[0] > 1:
+                pred = torch.argmax(pred, dim=0, keepdim=True)
+            data["pred"] = pred
+            pred = self._invert(data)["pred"]
+        array = torch.as_tensor(pred).detach().cpu()
+        if array.ndim == 4:
+            array = torch.argmax(array, dim=0) if array.shape[0] > 1 else array[0]
+        result = np.rint(array.numpy()).astype(np.int16)
+        if result.shape != tuple(output_shape):
+            raise RuntimeError(f"bundle {self.bundle.name}: result shape {result.shape} != input {output_shape}")
+        return result

@@ -1,0 +1,297 @@
+"""Training the kidney models on procedural phantoms (the real CT is reserved for evaluation).
+
+`train_seg` and `train_click` build the data from `annotation_server.phantoms`, run the shared training
+loop, and write a bundle from the recipes in `recipes.py`. The scripts in `models/<name>/train.py` call
+these with fixed seeds; CI runs them for a few steps only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from annotation_apps.kidney import recipes
+from monai.bundle import ConfigParser
+from monai.inferers import sliding_window_inference
+from monai.transforms import Compose
+from scipy import ndimage
+
+from annotation_server.imaging import Geometry, Volume
+from annotation_server.inference.bundle_runtime import volume_to_metatensor
+from annotation_server.inference.guidance import render_guidance
+from annotation_server.learning.bundle_writer import inference_config, write_bundle
+from annotation_server.learning.patches import PatchBatches, augmentation
+from annotation_server.learning.trainer import Batch, TrainHistory, TrainProgress, TrainSettings, train
+from annotation_server.phantoms import PhantomConfig, generate_phantom
+
+
+@dataclass(frozen=True)
+class RecipeRun:
+    """What a training run needs beyond the loop settings."""
+
+    train_phantoms: int = 120
+    val_phantoms: int = 12
+    batch_size: int = 2
+    seed: int = 20261122
+    phantom_config: PhantomConfig | None = None
+
+
+def _compose(config: list[dict[str, Any]]) -> Compose:
+    parser = ConfigParser({"t": {"_target_": "Compose", "transforms": config}})
+    return parser.get_parsed_content("t")
+
+
+def _volume(image: np.ndarray, affine: np.ndarray) -> Volume:
+    return Volume(array=image, geometry=Geometry(image.shape, affine))
+
+
+def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    inter = float((pred & truth).sum())
+    total = float(pred.sum() + truth.sum())
+    return 1.0 if total == 0 else 2 * inter / total
+
+
+# ------------------------------------------------------------------------------------------------ kidney_seg
+def seg_samples(seeds: range, config: PhantomConfig | None) -> list[dict[str, Any]]:
+    preprocessing = _compose(recipes.seg_preprocessing(with_label=True))
+    samples = []
+    for seed in seeds:
+        phantom = generate_phantom(seed, config)
+        volume = _volume(phantom.image, phantom.affine)
+        data = {
+            "image": volume_to_metatensor(phantom.image, volume),
+            "label": volume_to_metatensor(phantom.label, volume),
+        }
+        samples.append(preprocessing(data))
+    return samples
+
+
+def seg_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module], float]:
+    """Mean kidney Dice (union of kidney, tumor, cyst) over held-out phantoms, whole volumes."""
+
+    def validate(network: torch.nn.Module) -> float:
+        device = next(network.parameters()).device
+        scores = []
+        for sample in samples:
+            logits = sliding_window_inference(
+                sample["image"][None].to(device), recipes.SEG_PATCH, 2, network, overlap=0.25
+            )
+            pred = torch.argmax(logits, dim=1)[0].cpu() > 0
+            scores.append(_dice(pred, torch.as_tensor(sample["label"][0]) > 0))
+        return float(np.mean(scores))
+
+    return validate
+
+
+def train_seg(
+    out_dir: Path, settings: TrainSettings, run: RecipeRun, progress: Callable[[TrainProgress], None] | None = None
+) -> TrainHistory:
+    seeds = range(run.seed, run.seed + run.train_phantoms)
+    val_seeds = range(run.seed + 1_000_000, run.seed + 1_000_000 + run.val_phantoms)
+    samples = seg_samples(seeds, run.phantom_config)
+    validate = seg_validator(seg_samples(val_seeds, run.phantom_config))
+    batches = PatchBatches(samples, augmentation(["image"], recipes.SEG_PATCH), run.batch_size, seed=settings.seed)
+    network = ConfigParser({"net": recipes.seg_network_def()}).get_parsed_content("net")
+    history = train(network, batches, settings, validate, progress)
+    config = inference_config(
+        recipes.seg_network_def(), recipes.seg_preprocessing(), recipes.seg_inferer(), recipes.seg_postprocessing()
+    )
+    write_bundle(out_dir, config, _seg_metadata(history, run), history.best_state or {})
+    return history
+
+
+def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
+    return {
+        "version": "1.0.0",
+        "task": "Kidney, tumor and cyst segmentation in CT",
+        "description": "Automatic kidney / tumor / cyst segmentation (compact 3D UNet) trained on procedural phantoms",
+        "authors": "annotation-server developers",
+        "data_source": "procedural abdominal CT phantoms (annotation_server.phantoms); no patient data",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield",
+                    "modality": "CT",
+                    "num_channels": 1,
+                    "spatial_shape": list(recipes.SEG_PATCH),
+                    "dtype": "float32",
+                    "value_range": list(recipes.HU_WINDOW),
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 4,
+                    "channel_def": {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst"},
+                }
+            },
+        },
+        "annotation_server": {"type": "segmentation", "training": _training_summary(history, run)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- kidney_click
+def _objects(label: np.ndarray, rng: random.Random) -> np.ndarray | None:
+    """A target for one interaction: a whole kidney (with its lesions), a tumor, or a cyst."""
+    choices: list[np.ndarray] = []
+    kidneys, count = ndimage.label(label > 0)
+    sizes = ndimage.sum(np.ones_like(kidneys), kidneys, range(1, count + 1)) if count else []
+    whole = [kidneys == i + 1 for i, size in enumerate(sizes) if size > 50]
+    lesions = []
+    for value in (2, 3):
+        parts, n = ndimage.label(label == value)
+        lesions += [parts == i for i in range(1, n + 1) if (parts == i).sum() > 20]
+    if whole and (not lesions or rng.random() < 0.7):
+        choices = whole
+    elif lesions:
+        choices = lesions
+    return rng.choice(choices) if choices else None
+
+
+def _interior_point(mask: np.ndarray, rng: random.Random) -> tuple[int, int, int]:
+    """A random voxel weighted towards the object's inside (users click inside, not on edges)."""
+    distance = ndimage.distance_transform_edt(mask)
+    candidates = np.argwhere(distance >= max(1.0, 0.5 * distance.max()))
+    if len(candidates) == 0:
+        candidates = np.argwhere(mask)
+    return tuple(int(v) for v in candidates[rng.randrange(len(candidates))])  # type: ignore[return-value]
+
+
+def _background_points(mask: np.ndarray, rng: random.Random, count: int, spacing: tuple[float, ...]) -> list:
+    """Clicks just outside the object (where leaks happen): within ~2 cm of it."""
+    iterations = max(1, round(20.0 / min(spacing)))
+    band = ndimage.binary_dilation(mask, iterations=iterations) & ~ndimage.binary_dilation(mask, iterations=1)
+    candidates = np.argwhere(band)
+    if len(candidates) == 0 or count == 0:
+        return []
+    return [tuple(int(v) for v in candidates[rng.randrange(len(candidates))]) for _ in range(count)]
+
+
+def click_sample(seed: int, config: PhantomConfig | None, preprocessing: Compose) -> dict[str, Any] | None:
+    rng = random.Random(seed)
+    phantom = generate_phantom(seed, config)
+    target = _objects(phantom.label, rng)
+    if target is None:
+        return None
+    spacing = tuple(float(v) for v in np.linalg.norm(phantom.affine[:3, :3], axis=0))
+    foreground = [_interior_point(target, rng) for _ in range(rng.choice([1, 1, 2, 3]))]
+    background = _background_points(target, rng, rng.choice([0, 0, 1, 2]), spacing)
+    guidance = render_guidance(target.shape, spacing, foreground, background, recipes.CLICK_SIGMA_MM)
+    volume = _volume(phantom.image, phantom.affine)
+    data = {
+        "image": volume_to_metatensor(phantom.image, volume),
+        "guidance": volume_to_metatensor(guidance, volume, channel_first=True),
+        "label": volume_to_metatensor(target.astype(np.uint8), volume),
+    }
+    return preprocessing(data)
+
+
+def click_samples(seeds: range, config: PhantomConfig | None) -> list[dict[str, Any]]:
+    preprocessing = _compose(recipes.click_preprocessing(with_label=True, concat=False))
+    samples = []
+    for seed in seeds:
+        for variant in range(2):  # two interactions per phantom: different objects and clicks
+            sample = click_sample(seed * 7 + variant, config, preprocessing)
+            if sample is not None:
+                samples.append(sample)
+    return samples
+
+
+def click_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module], float]:
+    def validate(network: torch.nn.Module) -> float:
+        device = next(network.parameters()).device
+        scores = []
+        for sample in samples:
+            inputs = torch.cat([sample["image"], sample["guidance"]], dim=0)[None].to(device)
+            logits = sliding_window_inference(inputs, recipes.CLICK_PATCH, 1, network, overlap=0.25)
+            pred = torch.argmax(logits, dim=1)[0].cpu() > 0
+            scores.append(_dice(pred, torch.as_tensor(sample["label"][0]) > 0))
+        return float(np.mean(scores))
+
+    return validate
+
+
+def train_click(
+    out_dir: Path, settings: TrainSettings, run: RecipeRun, progress: Callable[[TrainProgress], None] | None = None
+) -> TrainHistory:
+    seeds = range(run.seed, run.seed + run.train_phantoms)
+    val_seeds = range(run.seed + 1_000_000, run.seed + 1_000_000 + run.val_phantoms)
+    samples = click_samples(seeds, run.phantom_config)
+    validate = click_validator(click_samples(val_seeds, run.phantom_config))
+    transform = augmentation(["image"], recipes.CLICK_PATCH, extra_keys=["guidance"], pos=3.0, neg=1.0)
+    batches: Iterator[Batch] = PatchBatches(
+        samples, transform, run.batch_size, seed=settings.seed, input_keys=("image", "guidance")
+    )
+    network = ConfigParser({"net": recipes.click_network_def()}).get_parsed_content("net")
+    history = train(network, batches, settings, validate, progress)
+    config = inference_config(
+        recipes.click_network_def(),
+        recipes.click_preprocessing(),
+        recipes.click_inferer(),
+        recipes.click_postprocessing(),
+    )
+    extras = {
+        "input_key": "net_input",
+        "roi_mm": list(recipes.CLICK_ROI_MM),
+        "guidance_sigma_mm": recipes.CLICK_SIGMA_MM,
+    }
+    write_bundle(out_dir, config, _click_metadata(history, run), history.best_state or {}, extras)
+    return history
+
+
+def _click_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
+    return {
+        "version": "1.0.0",
+        "task": "Click-guided kidney / lesion segmentation in CT",
+        "description": "Foreground/background clicks -> the clicked kidney, tumor or cyst (3D UNet, 3 input channels)",
+        "authors": "annotation-server developers",
+        "data_source": "procedural abdominal CT phantoms (annotation_server.phantoms); no patient data",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield",
+                    "modality": "CT",
+                    "num_channels": 3,
+                    "channel_def": {"0": "image", "1": "foreground guidance", "2": "background guidance"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 2,
+                    "channel_def": {"0": "background", "1": "object"},
+                }
+            },
+        },
+        "annotation_server": {"type": "deepgrow", "training": _training_summary(history, run)},
+    }
+
+
+def _training_summary(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
+    return {
+        "steps": len(history.losses),
+        "best_step": history.best_step,
+        "best_val_dice_phantoms": round(history.best_dice, 4),
+        "wall_s": round(history.wall_s, 1),
+        "train_phantoms": run.train_phantoms,
+        "val_phantoms": run.val_phantoms,
+        "seed": run.seed,
+        "batch_size": run.batch_size,
+        "trained_at": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+    }
+
+
+def write_history(path: Path, history: TrainHistory) -> None:
+    path.write_text(json.dumps(history.to_json(), indent=1))
