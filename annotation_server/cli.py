@@ -43,30 +43,13 @@ def _load_app_or_exit(name: str) -> Any:
         raise typer.Exit(2) from exc
 
 
-def _serve(
-    app: str | None,
-    studies: Path | None,
-    host: str | None,
-    port: int | None,
-    data_dir: Path | None,
-    log_level: str | None,
-    ssl_certfile: Path | None,
-    ssl_keyfile: Path | None,
-) -> None:
+def _serve(**overrides: Any) -> None:
+    """Start uvicorn with Settings built from the given command-line values (None = not given)."""
     import uvicorn
 
     from annotation_server.server import create_app
 
-    settings = _settings(
-        app=app,
-        studies=studies,
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        log_level=log_level,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
+    settings = _settings(**overrides)
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
@@ -107,7 +90,17 @@ def main_command(
         typer.echo(__version__)
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
-        _serve(app, studies, host, port, data_dir, log_level, ssl_certfile, ssl_keyfile, model_dir)
+        _serve(
+            app=app,
+            studies=studies,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            log_level=log_level,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            model_dirs=model_dir or None,
+        )
 
 
 @models_cli.command("list")

@@ -89,7 +89,7 @@ def test_client_sees_errors_and_server_keeps_running(
 ) -> None:  # type: ignore[no-untyped-def]
     server = live_server("--app", "kidney", "--studies", str(studies))
     client = monailabel_client(server.url, tmpdir=str(tmp_path))
-    from monailabel.client import MONAILabelClientException
+    from monailabel.client.client import MONAILabelClientException
 
     with pytest.raises(MONAILabelClientException, match="404"):
         client.infer("no_such_model", "sample_ct", {})

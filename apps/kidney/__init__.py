@@ -1,16 +1,20 @@
 """Kidney app: kidney, tumor and cyst in abdominal CT (the KiTS classes).
 
 Models:
-- `region_growing` (type deepgrow): a classic click tool that needs no weights; clicks on a kidney grow
-  a mask, background clicks cut leaks into neighbouring organs.
+- `region_growing` (deepgrow): a classic click tool that needs no weights; clicks on a kidney grow a
+  mask, background clicks cut leaks into neighbouring organs.
+- `kidney_seg` (segmentation): automatic kidney / tumor / cyst segmentation, bundle `models/kidney_seg`.
+- `kidney_click` (deepgrow): foreground/background clicks -> the clicked kidney or lesion, bundle
+  `models/kidney_click`.
 """
 
+from annotation_models import bundle_path
+from annotation_server.app_spec import AppSpec
+from annotation_server.inference.model_sources import BundleModel
+from annotation_server.inference.region_growing_task import RegionGrowingTask
 from annotation_server.tools.region_growing import RegionGrowingConfig
 
-from annotation_server.app_spec import AppSpec
-from annotation_server.inference.region_growing_task import RegionGrowingTask
-
-LABELS = {"kidney": 1, "tumor": 2, "cyst": 3}
+from .recipes import LABELS
 
 APP = AppSpec(
     name="kidney",
@@ -23,5 +27,9 @@ APP = AppSpec(
             config=RegionGrowingConfig(),
             description="Click inside a kidney to grow its mask; background clicks stop leaks. No weights needed.",
         ),
+        BundleModel(path=bundle_path("kidney_seg"), name="kidney_seg", kind="segmentation", labels=LABELS,
+                    description="Automatic kidney, tumor and cyst segmentation (3D UNet)"),
+        BundleModel(path=bundle_path("kidney_click"), name="kidney_click", kind="click", labels=LABELS,
+                    description="Clicks on a kidney, tumor or cyst segment that object (3D UNet with click guidance)"),
     ],
 )

@@ -1,0 +1,1 @@
+"""Evaluation protocols shared by tests, benchmarks and model cards."""

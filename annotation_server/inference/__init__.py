@@ -1,0 +1,1 @@
+"""Models and how they run: tasks, bundles, the engine, the volume cache, click guidance."""

@@ -1,0 +1,1 @@
+"""Classic (weight-free) segmentation tools."""
