@@ -23,8 +23,10 @@ from scipy import ndimage
 from annotation_server.evaluation.clicks import simulate_clicks
 from annotation_server.tools.region_growing import RegionGrowingConfig, grow_region
 
-CASES = {"ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
-         "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")}
+CASES = {
+    "ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
+    "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+}
 KIDNEYS = {"right": 2, "left": 3}
 
 
@@ -51,7 +53,8 @@ def main() -> None:
         ndimage.gaussian_filter(array, sigma=config.smoothing_sigma_mm / np.asarray(spacing))
         baselines.append(time.perf_counter() - start)
         for side, value in KIDNEYS.items():
-            def segment(fg: list, bg: list) -> np.ndarray:
+
+            def segment(fg: list, bg: list, array: np.ndarray = array, spacing: tuple = spacing) -> np.ndarray:
                 start = time.perf_counter()
                 mask = grow_region(array, spacing, fg, bg, config)
                 latencies.append(time.perf_counter() - start)
@@ -59,19 +62,27 @@ def main() -> None:
 
             scores = simulate_clicks(segment, labels == value, args.clicks)
             reached = next((i + 1 for i, s in enumerate(scores) if s >= 0.8), None)
-            results[f"{case}_{side}"] = {"dice_after_click": [round(s, 4) for s in scores],
-                                         "clicks_to_0.80": reached, "best_dice": round(max(scores), 4)}
+            results[f"{case}_{side}"] = {
+                "dice_after_click": [round(s, 4) for s in scores],
+                "clicks_to_0.80": reached,
+                "best_dice": round(max(scores), 4),
+            }
     click_p50 = statistics.median(latencies)
     baseline_p50 = statistics.median(baselines)
-    print(json.dumps({
-        "benchmark": "region_growing_dice",
-        "config": config.model_dump(),
-        "kidneys": results,
-        "min_best_dice": min(r["best_dice"] for r in results.values()),  # type: ignore[index]
-        "click_latency_p50_s": round(click_p50, 4),
-        "baseline_smoothing_p50_s": round(baseline_p50, 4),
-        "click_vs_smoothing_ratio": round(click_p50 / baseline_p50, 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "region_growing_dice",
+                "config": config.model_dump(),
+                "kidneys": results,
+                "min_best_dice": min(r["best_dice"] for r in results.values()),  # type: ignore[index]
+                "click_latency_p50_s": round(click_p50, 4),
+                "baseline_smoothing_p50_s": round(baseline_p50, 4),
+                "click_vs_smoothing_ratio": round(click_p50 / baseline_p50, 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

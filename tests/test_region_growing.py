@@ -47,7 +47,7 @@ def test_background_click_cuts_a_leak() -> None:
 
 
 def test_second_foreground_click_adds_a_missed_part() -> None:
-    image, organ, _ = _phantom()
+    image, _, _ = _phantom()
     image[10:16, 20:30, 15:25] = 30.0  # a lobe joined only through a thin neck
     image[16:18, 24:26, 19:21] = 30.0
     one = grow_region(image, (2.0, 2.0, 2.0), [(25, 25, 20)])
@@ -66,8 +66,10 @@ def test_clicks_on_the_border_and_bad_input() -> None:
         grow_region(image[0], (2.0, 2.0), [(1, 1, 1)])
 
 
-@pytest.mark.parametrize(("ct", "seg"), [("example_ct_sm.nii.gz", "example_seg.nii.gz"),
-                                         ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")])
+@pytest.mark.parametrize(
+    ("ct", "seg"),
+    [("example_ct_sm.nii.gz", "example_seg.nii.gz"), ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")],
+)
 @pytest.mark.parametrize("kidney", [2, 3], ids=["right", "left"])
 def test_real_ct_kidney_within_five_clicks(shared_data: Path, ct: str, seg: str, kidney: int) -> None:
     folder = shared_data / "totalsegmentator"

@@ -49,8 +49,9 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[Point, bool] 
     return centre_of(best[1]), best[2]
 
 
-def simulate_clicks(segment: Callable[[list[Point], list[Point]], np.ndarray], truth: np.ndarray,
-                    n_clicks: int) -> list[float]:
+def simulate_clicks(
+    segment: Callable[[list[Point], list[Point]], np.ndarray], truth: np.ndarray, n_clicks: int
+) -> list[float]:
     """Dice after each of `n_clicks` simulated clicks; `segment(foreground, background)` returns a mask."""
     truth = truth.astype(bool)
     foreground: list[Point] = [centre_of(truth)]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from annotation_server.tools.region_growing import RegionGrowingConfig, grow_region
-
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Volume
 from annotation_server.inference.params import InferParams, check_points
 from annotation_server.inference.task import InferResult, InferTask
+from annotation_server.tools.region_growing import RegionGrowingConfig, grow_region
 
 
 class RegionGrowingTask(InferTask):

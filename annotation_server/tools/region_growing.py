@@ -85,8 +85,9 @@ def _arrival_times(speed: np.ndarray, seeds: Sequence[np.ndarray], spacing: np.n
     return times
 
 
-def _grow_from(smoothed: np.ndarray, seed: np.ndarray, spacing: np.ndarray, radius_mm: float,
-               config: RegionGrowingConfig) -> np.ndarray:
+def _grow_from(
+    smoothed: np.ndarray, seed: np.ndarray, spacing: np.ndarray, radius_mm: float, config: RegionGrowingConfig
+) -> np.ndarray:
     """Voxels reachable from `seed` along paths of intensities like the seed's, within `radius_mm` of path cost.
 
     The path cost grows fast through tissue unlike the click's (a leak has to pay for every voxel it
@@ -116,7 +117,7 @@ def _nearest_component(components: np.ndarray, seed: np.ndarray) -> np.ndarray:
         mask = np.zeros(components.shape, dtype=bool)
         mask[tuple(seed)] = True
         return mask
-    distance, indices = ndimage.distance_transform_edt(components == 0, return_indices=True)
+    _, indices = ndimage.distance_transform_edt(components == 0, return_indices=True)
     nearest = components[tuple(indices[:, seed[0], seed[1], seed[2]])]
     return components == nearest
 
@@ -150,8 +151,11 @@ def grow_region(
         scaled = np.floor((points - offset + 0.5) * np.asarray(roi.shape) / np.asarray(image[box].shape))
         return np.clip(scaled.astype(int), 0, np.asarray(roi.shape) - 1)
 
-    smoothed = (ndimage.gaussian_filter(roi, sigma=config.smoothing_sigma_mm / work_spacing)
-                if config.smoothing_sigma_mm > 0 else roi)
+    smoothed = (
+        ndimage.gaussian_filter(roi, sigma=config.smoothing_sigma_mm / work_spacing)
+        if config.smoothing_sigma_mm > 0
+        else roi
+    )
     local_fg = to_work(fg)
     region = np.zeros(roi.shape, dtype=bool)
     for index, seed in enumerate(local_fg):
@@ -169,8 +173,14 @@ def grow_region(
     return mask
 
 
-def _cut_at_background(smoothed: np.ndarray, region: np.ndarray, fg: np.ndarray, bg: list[np.ndarray],
-                       spacing: np.ndarray, config: RegionGrowingConfig) -> np.ndarray:
+def _cut_at_background(
+    smoothed: np.ndarray,
+    region: np.ndarray,
+    fg: np.ndarray,
+    bg: list[np.ndarray],
+    spacing: np.ndarray,
+    config: RegionGrowingConfig,
+) -> np.ndarray:
     """Geodesic competition: each grown voxel goes to the nearer click, foreground or background, where
     distance is path length weighted by the image gradient, so fronts meet at edges. Fronts travel
     through the whole box, so a background click in the neighbouring organ cuts a leak into it even

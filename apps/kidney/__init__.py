@@ -27,9 +27,19 @@ APP = AppSpec(
             config=RegionGrowingConfig(),
             description="Click inside a kidney to grow its mask; background clicks stop leaks. No weights needed.",
         ),
-        BundleModel(path=bundle_path("kidney_seg"), name="kidney_seg", kind="segmentation", labels=LABELS,
-                    description="Automatic kidney, tumor and cyst segmentation (3D UNet)"),
-        BundleModel(path=bundle_path("kidney_click"), name="kidney_click", kind="click", labels=LABELS,
-                    description="Clicks on a kidney, tumor or cyst segment that object (3D UNet with click guidance)"),
+        BundleModel(
+            path=bundle_path("kidney_seg"),
+            name="kidney_seg",
+            kind="segmentation",
+            labels=LABELS,
+            description="Automatic kidney, tumor and cyst segmentation (3D UNet)",
+        ),
+        BundleModel(
+            path=bundle_path("kidney_click"),
+            name="kidney_click",
+            kind="click",
+            labels=LABELS,
+            description="Clicks on a kidney, tumor or cyst segment that object (3D UNet with click guidance)",
+        ),
     ],
 )

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from annotation_apps.kidney import recipes
 from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 from scipy import ndimage
 
+from annotation_apps.kidney import recipes
 from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.guidance import render_guidance
