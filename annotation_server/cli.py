@@ -109,7 +109,7 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List the app's models: name, type, version, weights checksum, labels."""
-    from annotation_server.datastore.local import sha256_of
+    from annotation_server.checksums import file_sha256
 
     spec = _load_app_or_exit(app or _settings().app)
     rows = []
@@ -120,7 +120,7 @@ def models_list(
                 "name": task.name,
                 "type": task.type,
                 "version": task.version,
-                "sha256": sha256_of(weights) if weights and weights.is_file() else None,
+                "sha256": file_sha256(weights) if weights and weights.is_file() else None,
                 "labels": dict(task.labels),
             }
         )

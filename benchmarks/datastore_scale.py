@@ -13,6 +13,7 @@ the same at 100 and 10,000 studies (ratio ~ 1).
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import os
@@ -38,7 +39,7 @@ def nifti_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     file_map = image.make_file_map({"image": buffer, "header": buffer})
     image.to_file_map(file_map)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue())
 
 
 def build_store(folder: Path, n: int) -> None:

@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import write_nifti
 
+from annotation_server.checksums import file_sha256
 from annotation_server.errors import CorruptFileError, NotFoundError
 from annotation_server.imaging import read_volume
-from annotation_server.inference.bundle import file_sha256, load_bundle
+from annotation_server.inference.bundle import load_bundle
 from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.params import InferParams
 

@@ -47,10 +47,13 @@ def test_discovery_finds_files_and_dicom_folders_only(studies: Path, shared_data
     )
     (studies / "notes.txt").write_text("x")
     (studies / "empty_folder").mkdir()
+    volume = read_volume(studies / "phantom_a.nii.gz")
+    write_volume(volume.array, volume.geometry, studies / "nrrd_case.nrrd")
     (studies / "labels" / "final").mkdir(parents=True)
     store = LocalDatastore(studies)
     report = store.rescan()
-    assert report.added == ["ct3", "phantom_a", "phantom_b", "sample_ct"]
+    assert report.added == ["ct3", "nrrd_case", "phantom_a", "phantom_b", "sample_ct"]
+    assert store.image_geometry("nrrd_case").matches(store.image_geometry("phantom_a"))
     ct3 = store.get_image("ct3")
     assert ct3.kind == "dicom"
     assert store.image_info("ct3")["name"] == "ct3.nii.gz"  # DICOM series are downloaded as NIfTI

@@ -6,11 +6,11 @@ versions, history and rescan are our additions beside them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, File, Form, Query, UploadFile
@@ -21,6 +21,7 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ImageAdded, LabelHistory, LabelSaved, ScanResult
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.checksums import file_digest
 from annotation_server.datastore import FINAL_TAG, LabelSource
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.services import Services
@@ -123,16 +124,12 @@ def download_image(image: str = Query(...), services: Services = Depends(get_ser
     return FileResponse(path, media_type=OCTET, filename=filename)
 
 
-def _checksum_matches(path: Any, check_sum: str) -> bool:
+def _checksum_matches(path: Path, check_sum: str) -> bool:
     algo, _, expected = check_sum.rpartition(":")
     algo = (algo or "SHA256").lower()
     if algo not in ("sha256", "sha512", "md5"):
         raise InvalidRequestError(f"check_sum algorithm '{algo}' is not supported; use SHA256, SHA512 or MD5")
-    digest = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == expected.lower()
+    return file_digest(path, algo) == expected.lower()
 
 
 @router.head("/datastore/image", summary="Does the image exist (and match check_sum)?")

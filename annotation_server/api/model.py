@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ModelChecksum
-from annotation_server.datastore.local import sha256_of
+from annotation_server.checksums import file_sha256
 from annotation_server.errors import NotFoundError
 from annotation_server.services import Services
 
@@ -28,7 +28,7 @@ def _weights(services: Services, model: str) -> Path:
 @router.get("/model/info/{model}", response_model=ModelChecksum, summary="Checksum and time of the weights file")
 def model_info(model: str, services: Services = Depends(get_services)) -> ModelChecksum:
     path = _weights(services, model)
-    return ModelChecksum(checksum=f"SHA256:{sha256_of(path)}", modified_time=int(path.stat().st_mtime))
+    return ModelChecksum(checksum=f"SHA256:{file_sha256(path)}", modified_time=int(path.stat().st_mtime))
 
 
 @router.get("/model/{model}", summary="Download the weights the model serves")

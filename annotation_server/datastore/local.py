@@ -14,7 +14,6 @@ index row, then updates the `labels/<tag>/` link. A crash at any step leaves the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from annotation_server.checksums import file_sha256
 from annotation_server.datastore.atomic import atomic_link, atomic_move, fsync_dir
 from annotation_server.datastore.ids import validate_image_id, validate_tag
 from annotation_server.datastore.index import DatastoreIndex
@@ -47,14 +47,6 @@ logger = logging.getLogger(__name__)
 
 STATE_DIRNAME = ".annotation-server"
 DICOM_DOWNLOAD_EXT = ".nii.gz"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_label_values(array: np.ndarray) -> None:
@@ -247,7 +239,7 @@ class LocalDatastore:
             existing = self.index.get_image(image_id)
             if existing is not None:
                 old_path = self.root / existing.relpath
-                if old_path.is_file() and existing.ext == ext and sha256_of(old_path) == sha256_of(staged):
+                if old_path.is_file() and existing.ext == ext and file_sha256(old_path) == file_sha256(staged):
                     staged.unlink(missing_ok=True)
                     return existing
                 if self.index.tags_with_heads(image_id):
@@ -390,7 +382,7 @@ class LocalDatastore:
         info: dict[str, Any] | None,
         source: LabelSource | None,
     ) -> LabelVersion:
-        digest = sha256_of(staged)
+        digest = file_sha256(staged)
         size = staged.stat().st_size
         folder = self.versions_dir / image_id / tag
         with self._write_lock, self.index.transaction() as conn:

@@ -9,13 +9,13 @@ file is refused with a clear error instead of producing wrong masks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annotation_server.checksums import file_sha256
 from annotation_server.errors import CorruptFileError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -23,14 +23,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHT_NAMES = ("model.safetensors", "model.pt", "model.pth")
 OUR_KEY = "annotation_server"  # our additions to metadata.json live under this key
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

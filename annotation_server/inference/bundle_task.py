@@ -14,34 +14,12 @@ from annotation_server.inference.params import InferParams
 from annotation_server.inference.task import InferResult, InferTask, ModelType
 
 
-class BundleSegmentationTask(InferTask):
-    """Serves any bundle whose network maps an image to per-class channels.
+class BundleTask(InferTask):
+    """What every bundle-backed model shares: its weights file, their checksum, one runtime per device."""
 
-    `labels` maps the bundle's channel names to the app's label values (defaults to the channel indices),
-    so a bundle trained with other numbering still writes the app's values.
-    """
-
-    def __init__(
-        self,
-        path: Path | str,
-        name: str | None = None,
-        labels: dict[str, int] | None = None,
-        description: str | None = None,
-        type: ModelType = "segmentation",
-    ) -> None:
-        self.bundle: Bundle = load_bundle(path)
-        channels = self.bundle.channel_labels
-        values = {n: (labels or {}).get(n, index) for n, index in channels.items()}
-        super().__init__(
-            name=name or self.bundle.name,
-            type=type,
-            labels=values,
-            description=description or self.bundle.description,
-            version=self.bundle.version,
-        )
-        self._lookup = np.zeros(max(channels.values(), default=0) + 1, dtype=np.uint16)
-        for label_name, index in channels.items():
-            self._lookup[index] = values[label_name]
+    def __init__(self, bundle: Bundle, name: str, type: ModelType, labels: dict[str, int], description: str) -> None:
+        self.bundle = bundle
+        super().__init__(name=name, type=type, labels=labels, description=description, version=bundle.version)
         self.runtime: BundleRuntime | None = None
 
     def weights_path(self) -> Path | None:
@@ -54,10 +32,28 @@ class BundleSegmentationTask(InferTask):
         self.runtime = BundleRuntime(self.bundle, device)
 
     def _runtime(self) -> BundleRuntime:
-        if self.runtime is None:  # served without a server start (scripts, tests)
+        if self.runtime is None:  # used without a server start (scripts, tests)
             self.load("cpu")
         assert self.runtime is not None
         return self.runtime
+
+
+class BundleSegmentationTask(BundleTask):
+    """Serves any bundle whose network maps an image to per-class channels.
+
+    `labels` maps the bundle's channel names to the app's label values (defaults to the channel indices),
+    so a bundle trained with other numbering still writes the app's values.
+    """
+
+    def __init__(self, path: Path | str, name: str | None = None, labels: dict[str, int] | None = None,
+                 description: str | None = None, type: ModelType = "segmentation") -> None:
+        bundle = load_bundle(path)
+        channels = bundle.channel_labels
+        values = {n: (labels or {}).get(n, index) for n, index in channels.items()}
+        super().__init__(bundle, name or bundle.name, type, values, description or bundle.description)
+        self._lookup = np.zeros(max(channels.values(), default=0) + 1, dtype=np.uint16)
+        for label_name, index in channels.items():
+            self._lookup[index] = values[label_name]
 
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
         runtime = self._runtime()

@@ -14,11 +14,12 @@ from scipy import ndimage
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Geometry, Volume
-from annotation_server.inference.bundle import Bundle, load_bundle
-from annotation_server.inference.bundle_runtime import BundleRuntime, volume_to_metatensor
+from annotation_server.inference.bundle import load_bundle
+from annotation_server.inference.bundle_runtime import volume_to_metatensor
+from annotation_server.inference.bundle_task import BundleTask
 from annotation_server.inference.guidance import render_guidance, roi_around
 from annotation_server.inference.params import InferParams, Point, check_points
-from annotation_server.inference.task import InferResult, InferTask
+from annotation_server.inference.task import InferResult
 
 
 def crop_volume(volume: Volume, roi: tuple[slice, slice, slice]) -> Volume:
@@ -41,42 +42,19 @@ def keep_clicked_components(mask: np.ndarray, foreground: list[Point]) -> np.nda
     return np.isin(components, list(keep)).astype(mask.dtype)
 
 
-class BundleClickTask(InferTask):
+class BundleClickTask(BundleTask):
     """Serves a click-guided bundle; `metadata.json` -> `annotation_server` gives roi_mm and guidance_sigma_mm."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        name: str | None = None,
-        labels: dict[str, int] | None = None,
-        description: str | None = None,
-    ) -> None:
-        self.bundle: Bundle = load_bundle(path)
-        super().__init__(
-            name=name or self.bundle.name,
-            type="deepgrow",
-            labels=labels or {"object": 1},
-            description=description or self.bundle.description,
-            version=self.bundle.version,
-        )
-        self.roi_mm = [float(v) for v in self.bundle.extras.get("roi_mm", [160.0, 160.0, 160.0])]
-        self.sigma_mm = float(self.bundle.extras.get("guidance_sigma_mm", 5.0))
-        self.runtime: BundleRuntime | None = None
-
-    def weights_path(self) -> Path | None:
-        return self.bundle.weights
+    def __init__(self, path: Path | str, name: str | None = None, labels: dict[str, int] | None = None,
+                 description: str | None = None) -> None:
+        bundle = load_bundle(path)
+        super().__init__(bundle, name or bundle.name, "deepgrow", labels or {"object": 1},
+                         description or bundle.description)
+        self.roi_mm = [float(v) for v in bundle.extras.get("roi_mm", [160.0, 160.0, 160.0])]
+        self.sigma_mm = float(bundle.extras.get("guidance_sigma_mm", 5.0))
 
     def config(self) -> dict[str, Any]:
-        return {"sha256": self.bundle.sha256, "roi_mm": self.roi_mm}
-
-    def load(self, device: str) -> None:
-        self.runtime = BundleRuntime(self.bundle, device)
-
-    def _runtime(self) -> BundleRuntime:
-        if self.runtime is None:
-            self.load("cpu")
-        assert self.runtime is not None
-        return self.runtime
+        return {**super().config(), "roi_mm": self.roi_mm}
 
     def _clicks(self, params: InferParams) -> tuple[list[Point], list[Point]]:
         """DeepGrow's foreground/background, or DeepEdit's per-label lists for the current label."""

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from annotation_server.inference.bundle import OUR_KEY, file_sha256
+from annotation_server.checksums import file_sha256
+from annotation_server.inference.bundle import OUR_KEY
 
 
 def inference_config(
@@ -42,6 +43,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    os.chmod(temp, 0o644)  # shipped files are world-readable (mkstemp creates them 0600)
     os.replace(temp, path)
 
 
@@ -58,6 +60,7 @@ def write_bundle(
     fd, temp = tempfile.mkstemp(prefix=".model.pt.", dir=weights.parent)
     os.close(fd)
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, temp)
+    os.chmod(temp, 0o644)
     os.replace(temp, weights)
     sha = file_sha256(weights)
     document = {**metadata, OUR_KEY: {**metadata.get(OUR_KEY, {}), **(extras or {}), "model_sha256": sha}}

@@ -39,7 +39,12 @@ def geometry_transforms(
     if channel_first_keys:
         transforms.append({"_target_": "EnsureChannelFirstd", "keys": list(channel_first_keys), "channel_dim": 0})
     transforms += [
-        {"_target_": "Orientationd", "keys": list(keys), "axcodes": "RAS"},
+        {
+            "_target_": "Orientationd",
+            "keys": list(keys),
+            "axcodes": "RAS",
+            "labels": [["L", "R"], ["P", "A"], ["I", "S"]],
+        },
         {"_target_": "Spacingd", "keys": list(keys), "pixdim": list(spacing), "mode": _modes(keys, label_keys)},
     ]
     return transforms

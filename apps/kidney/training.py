@@ -25,11 +25,12 @@ from scipy import ndimage
 from annotation_apps.kidney import recipes
 from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle_runtime import volume_to_metatensor
-from annotation_server.inference.guidance import render_guidance
+from annotation_server.inference.click_task import crop_volume
+from annotation_server.inference.guidance import render_guidance, roi_around
 from annotation_server.learning.bundle_writer import inference_config, write_bundle
 from annotation_server.learning.patches import PatchBatches, augmentation
 from annotation_server.learning.trainer import Batch, TrainHistory, TrainProgress, TrainSettings, train
-from annotation_server.phantoms import PhantomConfig, generate_phantom
+from annotation_server.phantoms import PhantomConfig, Phase, generate_phantom
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,46 @@ class RecipeRun:
     val_phantoms: int = 12
     batch_size: int = 2
     seed: int = 20261122
+    truncate: float = 0.4  # share of phantoms also used as a short scan cutting the kidneys
     phantom_config: PhantomConfig | None = None
+
+    def phantoms(self) -> PhantomConfig:
+        return self.phantom_config or training_phantoms()
+
+    def seeds(self) -> tuple[range, range]:
+        """Training and held-out validation seeds (disjoint)."""
+        held_out = self.seed + 1_000_000
+        return range(self.seed, self.seed + self.train_phantoms), range(held_out, held_out + self.val_phantoms)
+
+
+def training_phantoms() -> PhantomConfig:
+    """The default phantom distribution with non-contrast scans weighted up: many sites scan kidneys
+    without contrast, and it is the hardest case (kidney, liver, spleen and muscle within ~30 HU)."""
+    return PhantomConfig.default().with_(
+        phase_weights={Phase.NONCONTRAST: 0.45, Phase.ARTERIAL: 0.15, Phase.VENOUS: 0.25, Phase.EXCRETORY: 0.15}
+    )
+
+
+def truncate_scan(
+    image: np.ndarray, label: np.ndarray, affine: np.ndarray, rng: random.Random
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shorter scan (60-140 mm) that may cut through the kidneys, as real kidney-level crops do.
+
+    Models never trained on a kidney cut by the image border miss it there; this teaches them.
+    """
+    axis = int(np.argmax(np.abs(affine[2, :3])))  # the array axis running head-foot
+    step = float(np.linalg.norm(affine[:3, axis]))
+    length = max(4, round(rng.uniform(60.0, 140.0) / step))
+    kidney_slices = np.nonzero(np.any(label > 0, axis=tuple(a for a in range(3) if a != axis)))[0]
+    if length >= image.shape[axis] or len(kidney_slices) == 0:
+        return image, label, affine
+    centre = int(rng.choice(kidney_slices))
+    start = min(max(centre - rng.randrange(length), 0), image.shape[axis] - length)
+    window = [slice(None)] * 3
+    window[axis] = slice(start, start + length)
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ np.eye(3)[axis] * start + affine[:3, 3]
+    return image[tuple(window)], label[tuple(window)], shifted
 
 
 def _compose(config: list[dict[str, Any]]) -> Compose:
@@ -59,17 +99,20 @@ def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ kidney_seg
-def seg_samples(seeds: range, config: PhantomConfig | None) -> list[dict[str, Any]]:
+def seg_samples(seeds: range, config: PhantomConfig | None, truncate: float = 0.0) -> list[dict[str, Any]]:
+    """Preprocessed phantoms; a `truncate` fraction are also added as short scans cutting the kidneys."""
     preprocessing = _compose(recipes.seg_preprocessing(with_label=True))
     samples = []
     for seed in seeds:
         phantom = generate_phantom(seed, config)
-        volume = _volume(phantom.image, phantom.affine)
-        data = {
-            "image": volume_to_metatensor(phantom.image, volume),
-            "label": volume_to_metatensor(phantom.label, volume),
-        }
-        samples.append(preprocessing(data))
+        rng = random.Random(seed)
+        views = [(phantom.image, phantom.label, phantom.affine)]
+        if rng.random() < truncate:
+            views.append(truncate_scan(phantom.image, phantom.label, phantom.affine, rng))
+        for image, label, affine in views:
+            volume = _volume(image, affine)
+            data = {"image": volume_to_metatensor(image, volume), "label": volume_to_metatensor(label, volume)}
+            samples.append(preprocessing(data))
     return samples
 
 
@@ -90,21 +133,48 @@ def seg_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module], 
     return validate
 
 
+def _fit(
+    out_dir: Path,
+    settings: TrainSettings,
+    samples: list[dict[str, Any]],
+    validate: Callable[[torch.nn.Module], float],
+    transform: Compose,
+    input_keys: tuple[str, ...],
+    network_def: dict[str, Any],
+    config: dict[str, Any],
+    metadata: Callable[[TrainHistory], dict[str, Any]],
+    progress: Callable[[TrainProgress], None] | None,
+    batch_size: int,
+    extras: dict[str, Any] | None = None,
+) -> TrainHistory:
+    """Train a recipe's network on prepared samples and write its bundle with the best weights."""
+    batches: Iterator[Batch] = PatchBatches(samples, transform, batch_size, seed=settings.seed, input_keys=input_keys)
+    network = ConfigParser({"net": network_def}).get_parsed_content("net")
+    history = train(network, batches, settings, validate, progress)
+    write_bundle(out_dir, config, metadata(history), history.best_state or {}, extras)
+    return history
+
+
 def train_seg(
     out_dir: Path, settings: TrainSettings, run: RecipeRun, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainHistory:
-    seeds = range(run.seed, run.seed + run.train_phantoms)
-    val_seeds = range(run.seed + 1_000_000, run.seed + 1_000_000 + run.val_phantoms)
-    samples = seg_samples(seeds, run.phantom_config)
-    validate = seg_validator(seg_samples(val_seeds, run.phantom_config))
-    batches = PatchBatches(samples, augmentation(["image"], recipes.SEG_PATCH), run.batch_size, seed=settings.seed)
-    network = ConfigParser({"net": recipes.seg_network_def()}).get_parsed_content("net")
-    history = train(network, batches, settings, validate, progress)
+    seeds, val_seeds = run.seeds()
     config = inference_config(
         recipes.seg_network_def(), recipes.seg_preprocessing(), recipes.seg_inferer(), recipes.seg_postprocessing()
     )
-    write_bundle(out_dir, config, _seg_metadata(history, run), history.best_state or {})
-    return history
+    return _fit(
+        out_dir,
+        settings,
+        seg_samples(seeds, run.phantoms(), run.truncate),
+        seg_validator(seg_samples(val_seeds, run.phantoms(), run.truncate)),
+        augmentation(["image"], recipes.SEG_PATCH),
+        ("image",),
+        recipes.seg_network_def(),
+        config,
+        lambda history: _seg_metadata(history, run),
+        progress,
+        run.batch_size,
+    )
 
 
 def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
@@ -176,31 +246,47 @@ def _background_points(mask: np.ndarray, rng: random.Random, count: int, spacing
     return [tuple(int(v) for v in candidates[rng.randrange(len(candidates))]) for _ in range(count)]
 
 
-def click_sample(seed: int, config: PhantomConfig | None, preprocessing: Compose) -> dict[str, Any] | None:
+def click_sample(
+    seed: int, config: PhantomConfig | None, preprocessing: Compose, truncate: float = 0.0
+) -> dict[str, Any] | None:
+    """One interaction: a target object, clicks on it (and maybe beside it), cropped as at inference."""
     rng = random.Random(seed)
     phantom = generate_phantom(seed, config)
-    target = _objects(phantom.label, rng)
+    image, label, affine = phantom.image, phantom.label, phantom.affine
+    if rng.random() < truncate:
+        image, label, affine = truncate_scan(image, label, affine, rng)
+    target = _objects(label, rng)
     if target is None:
         return None
-    spacing = tuple(float(v) for v in np.linalg.norm(phantom.affine[:3, :3], axis=0))
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     foreground = [_interior_point(target, rng) for _ in range(rng.choice([1, 1, 2, 3]))]
     background = _background_points(target, rng, rng.choice([0, 0, 1, 2]), spacing)
-    guidance = render_guidance(target.shape, spacing, foreground, background, recipes.CLICK_SIGMA_MM)
-    volume = _volume(phantom.image, phantom.affine)
+    # Crop around the clicks exactly as BundleClickTask does at inference, so the model sees the same context.
+    roi = roi_around(foreground, target.shape, spacing, recipes.CLICK_ROI_MM)
+    volume = crop_volume(_volume(image, affine), roi)
+    offset = np.array([r.start for r in roi])
+
+    def local(points: list) -> list:
+        shifted = [np.asarray(p) - offset for p in points]
+        return [tuple(int(v) for v in p) for p in shifted if np.all(p >= 0) and np.all(p < volume.geometry.shape)]
+
+    guidance = render_guidance(
+        volume.geometry.shape, spacing, local(foreground), local(background), recipes.CLICK_SIGMA_MM
+    )
     data = {
-        "image": volume_to_metatensor(phantom.image, volume),
+        "image": volume_to_metatensor(volume.array, volume),
         "guidance": volume_to_metatensor(guidance, volume, channel_first=True),
-        "label": volume_to_metatensor(target.astype(np.uint8), volume),
+        "label": volume_to_metatensor(target[roi].astype(np.uint8), volume),
     }
     return preprocessing(data)
 
 
-def click_samples(seeds: range, config: PhantomConfig | None) -> list[dict[str, Any]]:
+def click_samples(seeds: range, config: PhantomConfig | None, truncate: float = 0.0) -> list[dict[str, Any]]:
     preprocessing = _compose(recipes.click_preprocessing(with_label=True, concat=False))
     samples = []
     for seed in seeds:
         for variant in range(2):  # two interactions per phantom: different objects and clicks
-            sample = click_sample(seed * 7 + variant, config, preprocessing)
+            sample = click_sample(seed * 7 + variant, config, preprocessing, truncate)
             if sample is not None:
                 samples.append(sample)
     return samples
@@ -223,16 +309,7 @@ def click_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module]
 def train_click(
     out_dir: Path, settings: TrainSettings, run: RecipeRun, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainHistory:
-    seeds = range(run.seed, run.seed + run.train_phantoms)
-    val_seeds = range(run.seed + 1_000_000, run.seed + 1_000_000 + run.val_phantoms)
-    samples = click_samples(seeds, run.phantom_config)
-    validate = click_validator(click_samples(val_seeds, run.phantom_config))
-    transform = augmentation(["image"], recipes.CLICK_PATCH, extra_keys=["guidance"], pos=3.0, neg=1.0)
-    batches: Iterator[Batch] = PatchBatches(
-        samples, transform, run.batch_size, seed=settings.seed, input_keys=("image", "guidance")
-    )
-    network = ConfigParser({"net": recipes.click_network_def()}).get_parsed_content("net")
-    history = train(network, batches, settings, validate, progress)
+    seeds, val_seeds = run.seeds()
     config = inference_config(
         recipes.click_network_def(),
         recipes.click_preprocessing(),
@@ -244,8 +321,21 @@ def train_click(
         "roi_mm": list(recipes.CLICK_ROI_MM),
         "guidance_sigma_mm": recipes.CLICK_SIGMA_MM,
     }
-    write_bundle(out_dir, config, _click_metadata(history, run), history.best_state or {}, extras)
-    return history
+    transform = augmentation(["image"], recipes.CLICK_PATCH, extra_keys=["guidance"], pos=3.0, neg=1.0)
+    return _fit(
+        out_dir,
+        settings,
+        click_samples(seeds, run.phantoms(), run.truncate),
+        click_validator(click_samples(val_seeds, run.phantoms(), run.truncate)),
+        transform,
+        ("image", "guidance"),
+        recipes.click_network_def(),
+        config,
+        lambda history: _click_metadata(history, run),
+        progress,
+        run.batch_size,
+        extras,
+    )
 
 
 def _click_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
@@ -295,3 +385,48 @@ def _training_summary(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
 
 def write_history(path: Path, history: TrainHistory) -> None:
     path.write_text(json.dumps(history.to_json(), indent=1))
+
+
+TRAINERS = {"kidney_seg": train_seg, "kidney_click": train_click}
+
+
+def cli(model: str, out_default: Path, steps_default: int) -> None:
+    """Command line of `models/<model>/train.py`: train with fixed seeds, write bundle, curve and history."""
+    import argparse
+
+    from annotation_server.learning.reporting import plot_history, progress_bar
+
+    parser = argparse.ArgumentParser(description=f"Reproduce models/{model} (trained on phantoms only)")
+    parser.add_argument("--out", type=Path, default=out_default, help="bundle folder to write")
+    parser.add_argument("--steps", type=int, default=steps_default)
+    parser.add_argument("--train-phantoms", type=int, default=RecipeRun.train_phantoms)
+    parser.add_argument("--val-phantoms", type=int, default=RecipeRun.val_phantoms)
+    parser.add_argument("--batch-size", type=int, default=RecipeRun.batch_size)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--val-every", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    settings = TrainSettings(
+        steps=args.steps,
+        learning_rate=args.lr,
+        val_every=min(args.val_every, args.steps),
+        device=args.device,
+        threads=args.threads,
+    )
+    run = RecipeRun(train_phantoms=args.train_phantoms, val_phantoms=args.val_phantoms, batch_size=args.batch_size)
+    with progress_bar(model, args.steps) as progress:
+        history = TRAINERS[model](args.out, settings, run, progress)
+    plot_history(history, args.out / "training_curve.png", f"{model} on phantoms")
+    write_history(args.out / "training_history.json", history)
+    print(
+        json.dumps(
+            {
+                "model": model,
+                "out": str(args.out),
+                "best_val_dice_phantoms": round(history.best_dice, 4),
+                "best_step": history.best_step,
+                "wall_s": round(history.wall_s, 1),
+            }
+        )
+    )
