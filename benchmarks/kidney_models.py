@@ -29,8 +29,10 @@ from annotation_server.inference.click_task import BundleClickTask
 from annotation_server.inference.params import InferParams
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = {"ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
-         "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")}
+CASES = {
+    "ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
+    "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+}
 FAR_MM = 20.0
 
 
@@ -56,11 +58,15 @@ def evaluate_seg(task: BundleSegmentationTask, folder: Path) -> dict[str, object
         prepared = runtime.preprocess({"image": volume_to_metatensor(volume.array, volume)})["image"]
         total_s = _median_time(lambda v=volume: task.infer(v, InferParams()))
         forward_s = _median_time(lambda x=prepared, r=runtime: r.forward(x))
-        report[case] = {"kidney_dice": round(dice(mask, truth), 4),
-                        "predicted_voxels": int(mask.sum()), "true_voxels": int(truth.sum()),
-                        f"predicted_voxels_farther_than_{int(FAR_MM)}mm": int((mask & far).sum()),
-                        "inference_s": round(total_s, 3), "raw_forward_s": round(forward_s, 3),
-                        "inference_vs_forward": round(total_s / forward_s, 2)}
+        report[case] = {
+            "kidney_dice": round(dice(mask, truth), 4),
+            "predicted_voxels": int(mask.sum()),
+            "true_voxels": int(truth.sum()),
+            f"predicted_voxels_farther_than_{int(FAR_MM)}mm": int((mask & far).sum()),
+            "inference_s": round(total_s, 3),
+            "raw_forward_s": round(forward_s, 3),
+            "inference_vs_forward": round(total_s / forward_s, 2),
+        }
     return report
 
 
@@ -71,6 +77,7 @@ def evaluate_click(task: BundleClickTask, folder: Path, clicks: int) -> dict[str
         volume = read_volume(folder / ct_name)
         labels = read_volume(folder / seg_name).array
         for side, value in (("right", 2), ("left", 3)):
+
             def segment(fg: list, bg: list, volume=volume) -> np.ndarray:  # type: ignore[no-untyped-def]
                 start = time.perf_counter()
                 mask = task.infer(volume, InferParams(foreground=fg, background=bg)).mask
@@ -78,9 +85,12 @@ def evaluate_click(task: BundleClickTask, folder: Path, clicks: int) -> dict[str
                 return mask
 
             scores = simulate_clicks(segment, labels == value, clicks)
-            report[f"{case}_{side}"] = {"dice_after_click": [round(s, 4) for s in scores],
-                                        "dice_1": round(scores[0], 4), "dice_3": round(max(scores[:3]), 4),
-                                        "dice_5": round(max(scores[:5]), 4)}
+            report[f"{case}_{side}"] = {
+                "dice_after_click": [round(s, 4) for s in scores],
+                "dice_1": round(scores[0], 4),
+                "dice_3": round(max(scores[:3]), 4),
+                "dice_5": round(max(scores[:5]), 4),
+            }
     report["click_latency_p50_s"] = round(statistics.median(latencies), 3)
     return report
 
@@ -96,10 +106,21 @@ def main() -> None:
     click = BundleClickTask(args.models / "kidney_click", labels={"kidney": 1})
     seg.load("cpu")
     click.load("cpu")
-    print(json.dumps({"benchmark": "kidney_models", "device": "cpu",
-                      "kidney_seg": {"version": seg.version, "sha256": seg.bundle.sha256, **evaluate_seg(seg, folder)},
-                      "kidney_click": {"version": click.version, "sha256": click.bundle.sha256,
-                                       **evaluate_click(click, folder, args.clicks)}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "kidney_models",
+                "device": "cpu",
+                "kidney_seg": {"version": seg.version, "sha256": seg.bundle.sha256, **evaluate_seg(seg, folder)},
+                "kidney_click": {
+                    "version": click.version,
+                    "sha256": click.bundle.sha256,
+                    **evaluate_click(click, folder, args.clicks),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_datastore_scale_benchmark_runs(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "datastore_scale.py"), "--sizes", "5", "12", "--repeats", "2"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     report = json.loads(result.stdout)
     small = report["by_studies"]["5"]

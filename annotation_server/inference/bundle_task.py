@@ -45,8 +45,14 @@ class BundleSegmentationTask(BundleTask):
     so a bundle trained with other numbering still writes the app's values.
     """
 
-    def __init__(self, path: Path | str, name: str | None = None, labels: dict[str, int] | None = None,
-                 description: str | None = None, type: ModelType = "segmentation") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        name: str | None = None,
+        labels: dict[str, int] | None = None,
+        description: str | None = None,
+        type: ModelType = "segmentation",
+    ) -> None:
         bundle = load_bundle(path)
         channels = bundle.channel_labels
         values = {n: (labels or {}).get(n, index) for n, index in channels.items()}

@@ -45,11 +45,17 @@ def keep_clicked_components(mask: np.ndarray, foreground: list[Point]) -> np.nda
 class BundleClickTask(BundleTask):
     """Serves a click-guided bundle; `metadata.json` -> `annotation_server` gives roi_mm and guidance_sigma_mm."""
 
-    def __init__(self, path: Path | str, name: str | None = None, labels: dict[str, int] | None = None,
-                 description: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        name: str | None = None,
+        labels: dict[str, int] | None = None,
+        description: str | None = None,
+    ) -> None:
         bundle = load_bundle(path)
-        super().__init__(bundle, name or bundle.name, "deepgrow", labels or {"object": 1},
-                         description or bundle.description)
+        super().__init__(
+            bundle, name or bundle.name, "deepgrow", labels or {"object": 1}, description or bundle.description
+        )
         self.roi_mm = [float(v) for v in bundle.extras.get("roi_mm", [160.0, 160.0, 160.0])]
         self.sigma_mm = float(bundle.extras.get("guidance_sigma_mm", 5.0))
 

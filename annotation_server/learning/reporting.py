@@ -14,9 +14,14 @@ from annotation_server.learning.trainer import TrainHistory, TrainProgress
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgress], None]]:
     """Yields a callback for `train(progress=...)` that drives a rich progress bar."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  val Dice {task.fields[dice]}"), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  val Dice {task.fields[dice]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns) as bar:
         task = bar.add_task(description, total=total, loss=0.0, dice="-")
 
