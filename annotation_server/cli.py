@@ -22,7 +22,7 @@ from annotation_server.errors import AnnotationServerError
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 
@@ -108,22 +108,23 @@ def models_list(
     app: AppOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
-    """List the app's models: name, type, version, weights checksum, labels."""
+    """List the app's models: name, type, version, weights checksum, labels (and any that cannot load)."""
+    from annotation_server.app_spec import build_models
     from annotation_server.checksums import file_sha256
 
     spec = _load_app_or_exit(app or _settings().app)
-    rows = []
-    for task in spec.models:
+    tasks, failed = build_models(spec)
+    rows: list[dict[str, Any]] = []
+    for task in tasks:
         weights = task.weights_path()
+        sha = file_sha256(weights) if weights and weights.is_file() else None
         rows.append(
-            {
-                "name": task.name,
-                "type": task.type,
-                "version": task.version,
-                "sha256": file_sha256(weights) if weights and weights.is_file() else None,
-                "labels": dict(task.labels),
-            }
+            {"name": task.name, "type": task.type, "version": task.version, "sha256": sha, "labels": dict(task.labels)}
         )
+    rows += [
+        {"name": name, "type": None, "version": None, "sha256": None, "labels": {}, "error": reason}
+        for name, reason in failed.items()
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

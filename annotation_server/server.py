@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
-from annotation_server.api import activelearning, datastore, health, infer, info, logs, model, session
+from annotation_server.api import activelearning, datastore, health, infer, info, interactive, logs, model, session
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.app_spec import AppSpec, build_models, load_app
 from annotation_server.datastore import LocalDatastore
@@ -26,6 +26,8 @@ from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
 from annotation_server.inference.model_sources import BundleModel
 from annotation_server.inference.task import InferTask
+from annotation_server.interactive.manager import SessionManager
+from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.strategies import builtin_strategies
 from annotation_server.logging_setup import attach_file_log, detach_file_log
@@ -45,6 +47,7 @@ ROUTERS = (
     model.router,
     logs.router,
     health.router,
+    interactive.router,
 )
 
 
@@ -72,6 +75,14 @@ def load_models(settings: Settings, app_spec: AppSpec, device: str) -> tuple[dic
     return loaded, failed
 
 
+def default_click_model(tasks: dict[str, InferTask]) -> str | None:
+    """The click model sessions use unless a prompt names another: a learned one first, else a classic tool."""
+    clickers = [t for t in tasks.values() if t.type in ("deepgrow", "deepedit")]
+    learned = [t for t in clickers if t.weights_path() is not None]
+    chosen = (learned or clickers or [None])[0]
+    return chosen.name if chosen is not None else None
+
+
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     studies = resolve_studies(settings)
     store = LocalDatastore(studies)
@@ -87,13 +98,23 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         max_pending=settings.infer_queue_size,
     )
     strategies = {**builtin_strategies(), **app_spec.strategies}
+    interactive = InteractiveService(
+        SessionManager(
+            settings.data_dir / "interactive" / "spill", settings.session_memory_mb << 20, settings.session_expiry_s
+        ),
+        inference,
+        store,
+        dict(app_spec.labels),
+        default_click_model(tasks),
+    )
     return Services(
         settings=settings,
         app=app_spec,
         datastore=store,
         inference=inference,
         sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
-        active_learning=ActiveLearningService(strategies, store),
+        active_learning=ActiveLearningService(strategies, store, interactive.manager.locked_images),
+        interactive=interactive,
         device=device,
         device_names=device_names,
         failed_models=failed,
@@ -135,7 +156,10 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         handler = attach_file_log(settings.log_file, settings.log_level)
         services = await asyncio.to_thread(build_services, settings, spec)
         app.state.services = services
-        tasks = [asyncio.create_task(_every(60, services.sessions.purge_expired))]
+        tasks = [
+            asyncio.create_task(_every(60, services.sessions.purge_expired)),
+            asyncio.create_task(_every(60, services.interactive.manager.purge_expired)),
+        ]
         if settings.rescan_interval_s > 0:
             tasks.append(asyncio.create_task(_every(settings.rescan_interval_s, services.datastore.rescan)))
         summary = startup_summary(services)

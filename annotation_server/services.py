@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from annotation_server.app_spec import AppSpec
 from annotation_server.datastore import Datastore
 from annotation_server.inference.engine import InferenceService
+from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.sessions import SessionStore
 from annotation_server.settings import Settings
@@ -24,6 +25,7 @@ class Services:
     inference: InferenceService
     sessions: SessionStore
     active_learning: ActiveLearningService
+    interactive: InteractiveService
     device: str
     device_names: list[str]
     failed_models: dict[str, str] = field(default_factory=dict)

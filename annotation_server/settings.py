@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         16, ge=1, description="Inference requests allowed to wait; more get 503 + Retry-After"
     )
     cache_mb: int = Field(2048, ge=16, description="Memory for decoded volumes kept between requests")
+    session_memory_mb: int = Field(
+        2048, ge=1, description="Memory for interactive sessions; least recently used ones beyond it go to disk"
+    )
     rescan_interval_s: float = Field(30.0, ge=0, description="Seconds between scans for new studies (0 = off)")
     ssl_certfile: Path | None = Field(None, description="TLS certificate (MITK only speaks HTTPS)")
     ssl_keyfile: Path | None = Field(None, description="TLS private key")

@@ -13,11 +13,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from annotation_server.inference.params import InferParams
 from annotation_server.inference.task import InferTask
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,19 +86,22 @@ class InferenceService:
             raise NotFoundError(f"model '{name}' not found; available models: {available}")
         return task
 
-    async def infer(self, model: str, source: ImageSource, params: InferParams) -> InferOutcome:
-        task = self.task(model)
-        extension = self._result_extension(params, source)
+    async def submit(self, work: Callable[[], T]) -> T:
+        """Run `work` in the inference pool; 503 (BusyError) when `max_pending` requests already wait or run."""
         with self._pending_lock:
             if self._pending >= self.max_pending:
                 raise BusyError(f"{self._pending} inference requests are already waiting; retry shortly", 1)
             self._pending += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._run, task, source, params, extension)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
         finally:
             with self._pending_lock:
                 self._pending -= 1
+
+    async def infer(self, model: str, source: ImageSource, params: InferParams) -> InferOutcome:
+        task = self.task(model)
+        extension = self._result_extension(params, source)
+        return await self.submit(lambda: self._run(task, source, params, extension))
 
     @staticmethod
     def _result_extension(params: InferParams, source: ImageSource) -> str:

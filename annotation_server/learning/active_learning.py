@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,12 @@ from annotation_server.learning.strategies import Strategy
 
 
 class ActiveLearningService:
-    def __init__(self, strategies: Mapping[str, Strategy], datastore: Datastore) -> None:
+    def __init__(
+        self, strategies: Mapping[str, Strategy], datastore: Datastore, locked: Callable[[], set[str]] = set
+    ) -> None:
         self.strategies = dict(strategies)
         self.datastore = datastore
+        self.locked = locked  # images open in someone's interactive session are not offered
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return {name: {"description": s.description} for name, s in self.strategies.items()}
@@ -25,7 +28,7 @@ class ActiveLearningService:
         if chosen is None:
             available = ", ".join(sorted(self.strategies))
             raise NotFoundError(f"strategy '{strategy}' not found; available strategies: {available}")
-        image_id = chosen.select(self.datastore, request, exclude=())
+        image_id = chosen.select(self.datastore, request, exclude=tuple(sorted(self.locked())))
         if image_id is None:
             return {}
         client_id = request.get("client_id")

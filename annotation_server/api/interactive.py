@@ -1,0 +1,185 @@
+"""Our interactive session API (beside MONAI Label's routes): prompts in, compressed mask deltas out.
+
+POST   /interactive/sessions                 open on a datastore image (JSON) ...
+POST   /interactive/sessions/upload          ... or on an uploaded volume (multipart)
+GET    /interactive/sessions                 open sessions
+GET    /interactive/sessions/{id}            state (label, object clicks, undo/redo availability)
+POST   /interactive/sessions/{id}/prompt     point | box | scribble | lasso -> delta
+POST   /interactive/sessions/{id}/undo|redo|reset                         -> delta
+GET    /interactive/sessions/{id}/mask       the full label map (.nii.gz on the image grid)
+POST   /interactive/sessions/{id}/save       a new label version in the datastore
+DELETE /interactive/sessions/{id}
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import Body, Depends, File, Form, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse
+
+from annotation_server.api.deps import get_services
+from annotation_server.api.routing import CompatRouter
+from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.imaging import write_volume
+from annotation_server.imaging.formats import IMAGE_EXTENSIONS, split_extension
+from annotation_server.interactive.prompts import Prompt
+from annotation_server.services import Services
+
+router = CompatRouter(prefix="", tags=["interactive"])
+
+
+class OpenSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="datastore image id")
+    model: str | None = Field(None, description="click model (default: the app's first deepgrow model)")
+    label: str | None = Field(None, description="label to start with (default: the app's first)")
+    client_id: str | None = None
+
+
+class PromptRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    new_object: bool = Field(False, description="start a new object (e.g. a second lesion of the same label)")
+
+
+class SaveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = "final"
+    client_id: str | None = None
+    image: str | None = Field(None, description="for uploaded volumes: the id to add the image under")
+    info: dict[str, Any] = Field(default_factory=dict, description="e.g. seconds the annotator spent")
+
+
+class SessionState(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    image: str | None
+    shape: list[int]
+    labels: dict[str, int]
+    label: str
+    model: str | None
+    version: int
+
+
+class DeltaAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    version: int
+    label: str
+    delta: dict[str, Any] | None = Field(description="changed box: offset, shape, codec (zlib), base64 data")
+    can_undo: bool
+    can_redo: bool
+    seconds: float
+
+
+class Saved(BaseModel):
+    image: str
+    tag: str
+    version: int
+
+
+@router.post("/interactive/sessions", response_model=SessionState, summary="Open a session on a datastore image")
+async def open_session(body: OpenSession, services: Services = Depends(get_services)) -> dict[str, Any]:
+    session = await run_in_threadpool(
+        services.interactive.open, body.image, None, body.model, body.label, body.client_id
+    )
+    return session.describe()
+
+
+@router.post("/interactive/sessions/upload", response_model=SessionState, summary="Open a session on an upload")
+async def open_upload_session(
+    file: UploadFile = File(...), params: str | None = Form("{}"), services: Services = Depends(get_services)
+) -> dict[str, Any]:
+    options = OpenSession.model_validate({"image": "upload", **parse_json_object(params)})
+    name = upload_name(file)
+    split_extension(name, IMAGE_EXTENSIONS)
+    target = services.settings.data_dir / "interactive" / "uploads" / f"{uuid.uuid4().hex}-{name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    await save_upload(file, target, services.settings.max_upload_mb << 20)
+    try:
+        session = await run_in_threadpool(
+            services.interactive.open, None, target, options.model, options.label, options.client_id
+        )
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return session.describe()
+
+
+@router.get("/interactive/sessions", summary="Open sessions (in memory or spilled to disk)")
+def list_sessions(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
+    return services.interactive.manager.sessions()
+
+
+@router.get("/interactive/sessions/{session_id}", response_model=SessionState, summary="Session state")
+def session_state(session_id: str, services: Services = Depends(get_services)) -> dict[str, Any]:
+    return services.interactive.manager.get(session_id).describe()
+
+
+@router.post(
+    "/interactive/sessions/{session_id}/prompt",
+    response_model=DeltaAnswer,
+    summary="Point, box, scribble or lasso; answers with the changed box only",
+)
+async def prompt(session_id: str, body: PromptRequest, services: Services = Depends(get_services)) -> dict:
+    return await services.interactive.prompt(session_id, body.prompt, body.new_object)
+
+
+@router.post("/interactive/sessions/{session_id}/undo", response_model=DeltaAnswer, summary="Undo the last change")
+async def undo(session_id: str, services: Services = Depends(get_services)) -> dict:
+    return await services.interactive.undo(session_id)
+
+
+@router.post("/interactive/sessions/{session_id}/redo", response_model=DeltaAnswer, summary="Redo an undone change")
+async def redo(session_id: str, services: Services = Depends(get_services)) -> dict:
+    return await services.interactive.redo(session_id)
+
+
+@router.post("/interactive/sessions/{session_id}/reset", response_model=DeltaAnswer, summary="Clear the mask")
+async def reset(session_id: str, services: Services = Depends(get_services)) -> dict:
+    return await services.interactive.reset(session_id)
+
+
+@router.get("/interactive/sessions/{session_id}/mask", summary="The whole label map (.nii.gz on the image grid)")
+async def full_mask(session_id: str, services: Services = Depends(get_services)) -> Response:
+    session = services.interactive.manager.get(session_id)
+    volume = services.inference.cache.get(Path(session.image_path))
+    target = services.inference.work_dir / f"session-{session.id}-{uuid.uuid4().hex[:8]}.nii.gz"
+    with session.lock:
+        mask = session.mask.copy()
+    await run_in_threadpool(write_volume, mask, volume.geometry, target, volume)
+    return FileResponse(
+        target,
+        media_type="application/octet-stream",
+        filename=f"{session.image_id or 'mask'}.nii.gz",
+        headers={"X-Session-Version": str(session.version)},
+        background=BackgroundTask(target.unlink, missing_ok=True),
+    )
+
+
+@router.post("/interactive/sessions/{session_id}/save", response_model=Saved, summary="Save as a new label version")
+async def save(
+    session_id: str, body: SaveRequest = Body(default_factory=SaveRequest), services: Services = Depends(get_services)
+) -> Saved:
+    label = await run_in_threadpool(
+        services.interactive.save, session_id, body.tag, body.client_id, body.image, body.info
+    )
+    return Saved(image=label.image_id, tag=label.tag, version=label.version)
+
+
+@router.delete("/interactive/sessions/{session_id}", summary="Close a session (unsaved changes are discarded)")
+def close(session_id: str, services: Services = Depends(get_services)) -> dict[str, Any]:
+    services.interactive.manager.remove(session_id)
+    return {}

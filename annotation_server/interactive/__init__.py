@@ -1,0 +1,1 @@
+"""Interactive annotation sessions: prompts in, mask deltas out, with undo/redo and a memory budget."""

@@ -1,0 +1,123 @@
+"""Where sessions live: in memory up to a budget, least recently used ones spilled to disk and brought back.
+
+Eviction moves a whole session (label map, object, undo history) to a file in the data folder, so an
+annotator who comes back after a coffee finds the work exactly as left; nothing is ever dropped except
+by expiry of an abandoned session (and labels already saved are in the datastore regardless).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from annotation_server.errors import NotFoundError
+from annotation_server.interactive.session import InteractiveSession
+
+logger = logging.getLogger(__name__)
+
+
+class SessionManager:
+    def __init__(self, spill_dir: Path, budget_bytes: int, expiry_s: float) -> None:
+        self.spill_dir = spill_dir
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self.budget_bytes = budget_bytes
+        self.expiry_s = expiry_s
+        self._live: OrderedDict[str, InteractiveSession] = OrderedDict()
+        self._spilled: dict[str, tuple[Path, str | None, float]] = {}  # id -> (file, image id, last used)
+        self._lock = threading.RLock()
+        self.evictions = 0
+        self.restores = 0
+
+    @property
+    def live_bytes(self) -> int:
+        with self._lock:
+            return sum(s.nbytes for s in self._live.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._live) + len(self._spilled)
+
+    def add(self, session: InteractiveSession) -> None:
+        with self._lock:
+            self._live[session.id] = session
+            self._enforce_budget(keep=session.id)
+
+    def get(self, session_id: str) -> InteractiveSession:
+        with self._lock:
+            session = self._live.get(session_id)
+            if session is not None:
+                self._live.move_to_end(session_id)
+                return session
+            spilled = self._spilled.pop(session_id, None)
+            if spilled is None:
+                raise NotFoundError(f"interactive session '{session_id}' not found (closed or expired)")
+            path = spilled[0]
+            with path.open("rb") as fh:
+                session = pickle.load(fh)  # our own file, written by _spill
+            path.unlink(missing_ok=True)
+            self.restores += 1
+            self._live[session_id] = session
+            self._enforce_budget(keep=session_id)
+            return session
+
+    def remove(self, session_id: str) -> None:
+        with self._lock:
+            if self._live.pop(session_id, None) is not None:
+                return
+            spilled = self._spilled.pop(session_id, None)
+            if spilled is None:
+                raise NotFoundError(f"interactive session '{session_id}' not found (closed or expired)")
+            spilled[0].unlink(missing_ok=True)
+
+    def sessions(self) -> list[dict[str, object]]:
+        with self._lock:
+            live = [{**s.describe(), "in_memory": True} for s in self._live.values()]
+            spilled = [
+                {"session_id": i, "image": image, "last_used_ts": ts, "in_memory": False}
+                for i, (_, image, ts) in self._spilled.items()
+            ]
+        return live + spilled
+
+    def locked_images(self) -> set[str]:
+        """Images with an open session: next-sample strategies skip them so two annotators never collide."""
+        with self._lock:
+            ids = {s.image_id for s in self._live.values()} | {image for _, image, _ in self._spilled.values()}
+        return {i for i in ids if i}
+
+    def purge_expired(self) -> int:
+        now = time.time()
+        removed = 0
+        with self._lock:
+            for session_id in [i for i, s in self._live.items() if now - s.last_used_ts > self.expiry_s]:
+                self._live.pop(session_id)
+                removed += 1
+            for session_id in [i for i, (_, _, ts) in self._spilled.items() if now - ts > self.expiry_s]:
+                self._spilled.pop(session_id)[0].unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _enforce_budget(self, keep: str) -> None:
+        total = sum(s.nbytes for s in self._live.values())
+        for session_id in list(self._live):
+            if total <= self.budget_bytes:
+                break
+            session = self._live[session_id]
+            if session_id == keep or session.lock.locked():  # never evict one being worked on right now
+                continue
+            total -= session.nbytes
+            self._spill(session)
+
+    def _spill(self, session: InteractiveSession) -> None:
+        path = self.spill_dir / f"{session.id}.pickle"
+        temp = path.with_suffix(".tmp")
+        with temp.open("wb") as fh:
+            pickle.dump(session, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        temp.replace(path)
+        self._live.pop(session.id)
+        self._spilled[session.id] = (path, session.image_id, session.last_used_ts)
+        self.evictions += 1
+        logger.info("session %s spilled to disk (memory budget)", session.id)

@@ -1,0 +1,172 @@
+"""Interactive sessions as a service: open, prompt, undo/redo/reset, download, save.
+
+Prompts run in the inference executor (the same bounded queue as /infer/, so a burst of clicks gets 503
+rather than piling up), on the image cached in memory; each answer carries only the changed box.
+Interactions on one session are serialised by its lock; sessions run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from annotation_server.datastore import Datastore, LabelSource, LabelVersion
+from annotation_server.errors import ConflictError, InvalidRequestError
+from annotation_server.inference.engine import InferenceService
+from annotation_server.interactive.delta import encode
+from annotation_server.interactive.manager import SessionManager
+from annotation_server.interactive.prompts import LassoPrompt, Prompt
+from annotation_server.interactive.session import Change, InteractiveSession
+from annotation_server.interactive.tools import draw_lasso, refine_object
+
+
+class InteractiveService:
+    def __init__(
+        self,
+        manager: SessionManager,
+        inference: InferenceService,
+        datastore: Datastore,
+        labels: dict[str, int],
+        default_model: str | None,
+    ) -> None:
+        self.manager = manager
+        self.inference = inference
+        self.datastore = datastore
+        self.labels = {k: v for k, v in labels.items() if v != 0}
+        self.default_model = default_model
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def open(
+        self,
+        image_id: str | None = None,
+        upload: Path | None = None,
+        model: str | None = None,
+        label: str | None = None,
+        client_id: str | None = None,
+    ) -> InteractiveSession:
+        if (image_id is None) == (upload is None):
+            raise InvalidRequestError("open a session on a datastore image ('image') or an uploaded file, not both")
+        path = self.datastore.image_path(image_id) if image_id is not None else upload
+        assert path is not None
+        volume = self.inference.cache.get(path)  # decoded once, reused by every prompt of the session
+        chosen_model = model or self.default_model
+        if chosen_model is not None:
+            self.inference.task(chosen_model)
+        chosen_label = self._label(label or next(iter(self.labels)))
+        session = InteractiveSession(
+            image_id=image_id,
+            image_path=str(path),
+            shape=volume.geometry.shape,
+            labels=dict(self.labels),
+            label=chosen_label,
+            model=chosen_model,
+            client_id=client_id,
+        )
+        self.manager.add(session)
+        return session
+
+    def _label(self, label: str) -> str:
+        if label not in self.labels:
+            raise InvalidRequestError(f"unknown label '{label}'; labels: {', '.join(self.labels)}")
+        return label
+
+    # ------------------------------------------------------------------------------------------- prompts
+    async def prompt(self, session_id: str, prompt: Prompt, new_object: bool = False) -> dict[str, Any]:
+        session = self.manager.get(session_id)
+        label = self._label(prompt.label or session.label)
+        model_name = prompt.model or session.model
+        started = time.perf_counter()
+
+        def work() -> Change:
+            with session.lock:
+                volume = self.inference.cache.get(Path(session.image_path))
+                if isinstance(prompt, LassoPrompt):
+                    return draw_lasso(session, prompt, label)
+                if model_name is None:
+                    raise InvalidRequestError("no click model for this session: pass 'model' in the prompt")
+                task = self.inference.task(model_name)
+                return refine_object(session, volume, task, prompt, label, new_object)
+
+        change = await self.inference.submit(work)
+        session.label = label
+        return self._answer(session, change, time.perf_counter() - started, model_name)
+
+    async def undo(self, session_id: str) -> dict[str, Any]:
+        return await self._history(session_id, "undo")
+
+    async def redo(self, session_id: str) -> dict[str, Any]:
+        return await self._history(session_id, "redo")
+
+    async def reset(self, session_id: str) -> dict[str, Any]:
+        return await self._history(session_id, "reset")
+
+    async def _history(self, session_id: str, action: str) -> dict[str, Any]:
+        session = self.manager.get(session_id)
+        started = time.perf_counter()
+
+        def work() -> Change | None:
+            with session.lock:
+                return {"undo": session.undo, "redo": session.redo, "reset": session.reset}[action]()
+
+        change = await asyncio.to_thread(work)  # no model: never queued behind inference
+        return self._answer(session, change, time.perf_counter() - started, None)
+
+    def _answer(
+        self, session: InteractiveSession, change: Change | None, seconds: float, model: str | None
+    ) -> dict[str, Any]:
+        delta = None
+        if change is not None and change.box is not None:
+            delta = encode(session.mask[change.box], tuple(s.start for s in change.box))
+        return {
+            "session_id": session.id,
+            "version": session.version,
+            "label": session.label,
+            "kind": change.kind if change else None,
+            "delta": delta,
+            "model": model,
+            "can_undo": bool(session.undo_stack),
+            "can_redo": bool(session.redo_stack),
+            "seconds": round(seconds, 4),
+        }
+
+    # ---------------------------------------------------------------------------------------------- save
+    def save(
+        self,
+        session_id: str,
+        tag: str = "final",
+        client_id: str | None = None,
+        image_id: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> LabelVersion:
+        session = self.manager.get(session_id)
+        target = session.image_id or image_id
+        if target is None:
+            raise ConflictError("this session's image is not in the datastore: pass 'image' (an id to add it under)")
+        if session.image_id is None:  # an uploaded volume: it joins the datastore with its first label
+            source = Path(session.image_path)
+            staged = self.datastore.new_upload_path(source.name)
+            shutil.copyfile(source, staged)
+            self.datastore.add_image(staged, source.name, target, author=client_id or session.client_id or "user")
+            session.image_id = target
+        with session.lock:
+            mask = session.mask.copy()
+            model = session.model
+        task = self.inference.tasks.get(model) if model else None
+        meta = {
+            "interactions": session.interactions,
+            "session_seconds": round(time.time() - session.created_ts, 1),
+            "session_id": session.id,
+            **(info or {}),
+        }
+        return self.datastore.save_label_array(
+            target,
+            mask,
+            tag=tag,
+            author=client_id or session.client_id or "user",
+            info=meta,
+            source=LabelSource(model=model, model_version=task.version if task else None),
+            reference=self.inference.cache.get(Path(session.image_path)),
+        )

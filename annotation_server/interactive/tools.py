@@ -1,0 +1,108 @@
+"""Turning a prompt into a change of the session's label map.
+
+Points, boxes and scribbles refine the current object with a click model (any `deepgrow`-type task:
+the learned click model or the region-growing tool); boxes and scribbles become clicks plus hard
+constraints (nothing outside the box; painted voxels in or out). A lasso is drawn directly, no model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.draw import polygon as fill_polygon
+
+from annotation_server.errors import InvalidRequestError
+from annotation_server.imaging import Volume
+from annotation_server.inference.params import InferParams, check_points
+from annotation_server.inference.task import InferTask
+from annotation_server.interactive.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
+from annotation_server.interactive.session import Box, Change, InteractiveSession, ObjectState, union_box
+
+MAX_SCRIBBLE_CLICKS = 8
+
+
+def _scribble_clicks(voxels: np.ndarray) -> list[tuple[int, int, int]]:
+    """A few well-spread voxels of a stroke as clicks (models take points; the stroke itself is enforced)."""
+    if len(voxels) <= MAX_SCRIBBLE_CLICKS:
+        chosen = voxels
+    else:
+        chosen = voxels[np.linspace(0, len(voxels) - 1, MAX_SCRIBBLE_CLICKS).round().astype(int)]
+    return [tuple(int(v) for v in p) for p in chosen]  # type: ignore[misc]
+
+
+def _roi(extra: dict, shape: tuple[int, ...]) -> Box | None:
+    roi = extra.get("roi")
+    if not roi:
+        return None
+    return tuple(slice(max(0, int(a)), min(n, int(b))) for (a, b), n in zip(roi, shape, strict=True))  # type: ignore[return-value]
+
+
+def refine_object(
+    session: InteractiveSession,
+    volume: Volume,
+    task: InferTask,
+    prompt: PointPrompt | BoxPrompt | ScribblePrompt,
+    label: str,
+    new_object: bool,
+) -> Change:
+    """Add the prompt to the object's clicks, run the click model, and replace the object's mask."""
+    if not task.is_interactive:
+        raise InvalidRequestError(f"model '{task.name}' is not a click model (type {task.type}); use a deepgrow model")
+    obj: ObjectState = session.object_for(label, new_object)
+    shape = session.shape
+    forced_in: np.ndarray | None = None
+    forced_out: np.ndarray | None = None
+    clip: Box | None = None
+    if isinstance(prompt, PointPrompt):
+        check_points([prompt.point], shape, "prompt")
+        (obj.foreground if prompt.positive else obj.background).append(tuple(prompt.point))
+    elif isinstance(prompt, BoxPrompt):
+        lo, hi = prompt.bounds()
+        check_points([tuple(lo), tuple(hi)], shape, "box corner")
+        obj.foreground.append(tuple(int(v) for v in (lo + hi) // 2))
+        clip = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
+    else:
+        voxels = prompt.voxels()
+        if len(voxels) == 0:
+            raise InvalidRequestError("the scribble paints no voxel")
+        check_points([tuple(voxels.min(axis=0)), tuple(voxels.max(axis=0))], shape, "scribble")
+        (obj.foreground if prompt.positive else obj.background).extend(_scribble_clicks(voxels))
+        target = np.zeros(shape, dtype=bool)
+        target[tuple(voxels.T)] = True
+        forced_in, forced_out = (target, None) if prompt.positive else (None, target)
+    if not obj.foreground:
+        raise InvalidRequestError("start an object with a foreground prompt (positive: true)")
+    result = task.infer(volume, InferParams(foreground=obj.foreground, background=obj.background, label=label))
+    mask = result.mask.astype(bool)
+    search = union_box(_roi(result.extra, shape), clip)
+    if clip is not None:
+        clipped = np.zeros_like(mask)
+        clipped[clip] = mask[clip]
+        mask = clipped
+    if forced_in is not None:
+        mask |= forced_in
+        search = None
+    if forced_out is not None:
+        mask &= ~forced_out
+    return session.set_object_mask(obj, mask, search, prompt.type)
+
+
+def draw_lasso(session: InteractiveSession, prompt: LassoPrompt, label: str) -> Change:
+    """Fill the polygon on its slice with the label (or erase it when `positive` is false)."""
+    shape = session.shape
+    if prompt.index >= shape[prompt.axis]:
+        size = shape[prompt.axis]
+        raise InvalidRequestError(f"lasso slice {prompt.index} is outside axis {prompt.axis} (size {size})")
+    plane = tuple(n for a, n in enumerate(shape) if a != prompt.axis)
+    vertices = np.asarray(prompt.polygon, dtype=float)
+    rows, cols = fill_polygon(vertices[:, 0], vertices[:, 1], shape=plane)
+    if len(rows) == 0:
+        raise InvalidRequestError("the lasso polygon encloses no voxel of the slice")
+    region = np.zeros(plane, dtype=bool)
+    region[rows, cols] = True
+    box = [slice(None)] * 3
+    box[prompt.axis] = slice(prompt.index, prompt.index + 1)
+    patch_box: Box = tuple(box)  # type: ignore[assignment]
+    full_box = tuple(slice(0, n) if s == slice(None) else s for s, n in zip(patch_box, shape, strict=True))
+    region3 = np.expand_dims(region, axis=prompt.axis)
+    value = session.labels[label] if prompt.positive else 0
+    return session.paint(region3, full_box, value, "lasso")  # type: ignore[arg-type]

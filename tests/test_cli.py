@@ -1,0 +1,44 @@
+"""The command line: model listing, and clear refusals for a wrong app or studies folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from annotation_server.checksums import file_sha256
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "annotation_server", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_models_list_json() -> None:
+    result = _run("models", "list", "--app", "kidney", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"region_growing", "kidney_seg", "kidney_click"}
+    assert rows["region_growing"]["type"] == "deepgrow" and rows["region_growing"]["sha256"] is None
+    from annotation_models import bundle_path
+
+    for name, kind in (("kidney_seg", "segmentation"), ("kidney_click", "deepgrow")):
+        assert "error" not in rows[name], rows[name]
+        assert rows[name]["type"] == kind and rows[name]["version"]
+        assert rows[name]["sha256"] == file_sha256(bundle_path(name) / "models" / "model.pt")
+    assert rows["kidney_seg"]["labels"] == {"kidney": 1, "tumor": 2, "cyst": 3}
+
+
+def test_unknown_app_and_missing_studies_exit_2(tmp_path: Path) -> None:
+    unknown = _run("--app", "no_such_app", "--data-dir", str(tmp_path))
+    assert unknown.returncode == 2 and "not found" in unknown.stderr
+    missing = _run("--app", "kidney", "--studies", str(tmp_path / "nope"), "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_version_flag() -> None:
+    from annotation_server import __version__
+
+    assert _run("--version").stdout.strip() == __version__

@@ -1,0 +1,288 @@
+"""Interactive sessions: prompts, deltas a client can apply, undo/redo, objects, save, eviction, overload."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import TEST_APP, CubeTask
+
+from annotation_server.interactive.delta import apply_delta
+
+
+class Client:
+    """What a viewer does: keeps its own copy of the mask and applies each delta it receives."""
+
+    def __init__(self, http, image: str = "phantom_a", **options) -> None:  # type: ignore[no-untyped-def]
+        self.http = http
+        response = http.post("/interactive/sessions", json={"image": image, **options})
+        assert response.status_code == 200, response.text
+        self.state = response.json()
+        self.id = self.state["session_id"]
+        self.mask = np.zeros(self.state["shape"], dtype=np.uint8)
+
+    def send(self, path: str, body: dict | None = None, status: int = 200) -> dict:
+        response = self.http.post(f"/interactive/sessions/{self.id}/{path}", json=body)
+        assert response.status_code == status, response.text
+        answer = response.json()
+        if status == 200:
+            apply_delta(self.mask, answer["delta"])
+        return answer
+
+    def point(self, point, positive: bool = True, **extra) -> dict:  # type: ignore[no-untyped-def]
+        return self.send(
+            "prompt",
+            {
+                "prompt": {"type": "point", "point": list(point), "positive": positive, **extra.pop("prompt", {})},
+                **extra,
+            },
+        )
+
+    def server_mask(self) -> np.ndarray:
+        response = self.http.get(f"/interactive/sessions/{self.id}/mask")
+        assert response.status_code == 200
+        return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(response.content)).dataobj)
+
+
+def _cube(point: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    i, j, k = point
+    mask[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2, max(k - 1, 0) : k + 2] = True
+    return mask
+
+
+def test_points_undo_redo_and_deltas_reproduce_the_server_mask(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    assert viewer.state["model"] == "cube" and viewer.state["label"] == "kidney"
+    first = viewer.point((5, 5, 5))
+    assert first["version"] == 1 and first["delta"]["codec"] == "zlib" and first["delta"]["shape"] == [3, 3, 3]
+    assert np.array_equal(viewer.mask == 1, _cube((5, 5, 5), viewer.mask.shape))
+    viewer.point((10, 8, 6))
+    viewer.point((10, 8, 6), positive=False)  # a background click removes that voxel
+    assert viewer.mask[10, 8, 6] == 0 and viewer.mask[5, 5, 5] == 1
+    assert np.array_equal(viewer.mask, viewer.server_mask())
+    undone = viewer.send("undo")
+    assert undone["version"] == 2 and viewer.mask[10, 8, 6] == 1 and undone["can_redo"]
+    viewer.send("undo")
+    assert viewer.mask[10, 8, 6] == 0 and viewer.mask[5, 5, 5] == 1
+    viewer.send("redo")
+    assert viewer.mask[10, 8, 6] == 1
+    assert np.array_equal(viewer.mask, viewer.server_mask())
+    state = client.get(f"/interactive/sessions/{viewer.id}").json()
+    assert state["object"]["foreground"] == [[5, 5, 5], [10, 8, 6]] and state["object"]["background"] == []
+
+
+def test_new_prompt_after_undo_drops_the_redo_branch(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    viewer.point((5, 5, 5))
+    viewer.send("undo")
+    answer = viewer.point((12, 10, 6))
+    assert not answer["can_redo"] and viewer.send("redo")["delta"] is None
+
+
+def test_objects_stack_and_refining_one_restores_what_was_beneath(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    viewer.point((8, 8, 6))  # kidney cube
+    viewer.point((9, 8, 6), prompt={"label": "tumor"})  # a tumor object overlapping the kidney
+    assert viewer.mask[9, 8, 6] == 2 and viewer.mask[7, 8, 6] == 1
+    viewer.point((9, 8, 6), positive=False, prompt={"label": "tumor"})  # shrink the tumor
+    assert viewer.mask[9, 8, 6] == 1  # the kidney voxel comes back, not a hole
+    viewer.point((15, 12, 8), new_object=True, prompt={"label": "tumor"})  # a second lesion
+    assert viewer.mask[15, 12, 8] == 2 and viewer.mask[10, 8, 6] == 2  # the first tumor is kept
+    assert np.array_equal(viewer.mask, viewer.server_mask())
+
+
+def test_box_scribble_and_lasso(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    box = viewer.send("prompt", {"prompt": {"type": "box", "corners": [[4, 4, 4], [5, 9, 5]]}})
+    filled = np.argwhere(viewer.mask > 0)
+    assert (
+        box["kind"] == "box" and filled.min(axis=0).tolist() >= [4, 4, 4] and filled.max(axis=0).tolist() <= [5, 9, 5]
+    )
+    strokes = np.zeros((1, 6, 1), dtype=np.uint8)
+    strokes[0, :, 0] = 1
+    data = base64.b64encode(zlib.compress(strokes.tobytes())).decode()
+    viewer.send("prompt", {"prompt": {"type": "scribble", "offset": [12, 2, 6], "shape": [1, 6, 1], "data": data}})
+    assert all(viewer.mask[12, j, 6] == 1 for j in range(2, 8))  # painted voxels are always in
+    viewer.send(
+        "prompt",
+        {
+            "prompt": {
+                "type": "lasso",
+                "axis": 2,
+                "index": 10,
+                "label": "tumor",
+                "polygon": [[2, 2], [2, 8], [8, 8], [8, 2]],
+            }
+        },
+    )
+    assert viewer.mask[5, 5, 10] == 2 and viewer.mask[5, 5, 9] == 0
+    viewer.send(
+        "prompt",
+        {
+            "prompt": {
+                "type": "lasso",
+                "axis": 2,
+                "index": 10,
+                "positive": False,
+                "polygon": [[2, 2], [2, 5], [5, 5], [5, 2]],
+            }
+        },
+    )
+    assert viewer.mask[3, 3, 10] == 0 and viewer.mask[7, 7, 10] == 2
+    assert np.array_equal(viewer.mask, viewer.server_mask())
+
+
+def test_reset_is_undoable(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    viewer.point((5, 5, 5))
+    viewer.send("reset")
+    assert viewer.mask.sum() == 0
+    viewer.send("undo")
+    assert viewer.mask.sum() == 27
+
+
+def test_two_sessions_on_one_image_never_see_each_other(client) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = Client(client, client_id="alice"), Client(client, client_id="bob")
+    alice.point((5, 5, 5))
+    bob.point((15, 10, 8))
+    assert alice.server_mask()[15, 10, 8] == 0 and bob.server_mask()[5, 5, 5] == 0
+    assert client.post("/activelearning/first").json()["id"] == "phantom_b"  # phantom_a is open: skipped
+
+
+def test_save_creates_a_label_version_with_effort(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client, client_id="alice")
+    viewer.point((5, 5, 5))
+    viewer.point((6, 5, 5))
+    saved = client.post(f"/interactive/sessions/{viewer.id}/save", json={"info": {"seconds": 42}})
+    assert saved.status_code == 200 and saved.json() == {"image": "phantom_a", "tag": "final", "version": 1}
+    info = client.get("/datastore/label/info?label=phantom_a&tag=final").json()
+    assert info["author"] == "alice" and info["interactions"] == 2 and info["seconds"] == 42
+    assert info["source"]["model"] == "cube"
+    label = client.get("/datastore/label?label=phantom_a&tag=final")
+    assert np.array_equal(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(label.content)).dataobj), viewer.mask)
+
+
+def test_upload_session_saves_under_a_new_image_id(client, sample_ct: Path) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(
+        "/interactive/sessions/upload", files={"file": ("C:\\x\\scan.nii.gz", sample_ct.read_bytes())}
+    )
+    assert response.status_code == 200, response.text
+    session_id = response.json()["session_id"]
+    client.post(f"/interactive/sessions/{session_id}/prompt", json={"prompt": {"type": "point", "point": [60, 50, 10]}})
+    assert client.post(f"/interactive/sessions/{session_id}/save", json={}).status_code == 409
+    saved = client.post(f"/interactive/sessions/{session_id}/save", json={"image": "scan_upload"})
+    assert saved.json()["image"] == "scan_upload"
+    assert client.get("/datastore/").json()["completed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"prompt": {"type": "point", "point": [999, 1, 1]}}, 422, "outside the image"),
+        ({"prompt": {"type": "point", "point": [1, 1, 1], "label": "liver"}}, 422, "unknown label"),
+        ({"prompt": {"type": "point", "point": [1, 1, 1], "model": "nope"}}, 404, "available models"),
+        ({"prompt": {"type": "point", "point": [1, 1, 1], "model": "threshold"}}, 422, "not a click model"),
+        ({"prompt": {"type": "point", "point": [1, 1, 1], "positive": False}, "new_object": True}, 422, "foreground"),
+        ({"prompt": {"type": "circle"}}, 422, None),
+        ({"prompt": {"type": "scribble", "offset": [0, 0, 0], "shape": [2, 2, 2], "data": "@@"}}, 422, "base64"),
+        ({"prompt": {"type": "lasso", "axis": 2, "index": 99, "polygon": [[0, 0], [0, 3], [3, 3]]}}, 422, "outside"),
+    ],
+)
+def test_prompt_mistakes_are_4xx_and_keep_the_mask(client, body: dict, status: int, needle: str | None) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    viewer.point((5, 5, 5))
+    answer = viewer.send("prompt", body, status=status)
+    if needle:
+        assert needle in str(answer["detail"])
+    assert np.array_equal(viewer.server_mask(), viewer.mask)  # nothing lost
+    assert client.get(f"/interactive/sessions/{viewer.id}").json()["version"] == 1
+
+
+def test_unknown_session_and_image(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.post("/interactive/sessions/nope/undo").status_code == 404
+    assert client.post("/interactive/sessions", json={"image": "missing"}).status_code == 404
+    assert client.post("/interactive/sessions", json={"image": "phantom_a", "label": "liver"}).status_code == 422
+
+
+def test_eviction_spills_to_disk_and_restores_everything(tmp_path: Path, studies: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    settings = Settings(studies=studies, data_dir=tmp_path / "d", rescan_interval_s=0, session_memory_mb=1)
+    with TestClient(create_app(settings, TEST_APP)) as http:
+        sessions = [Client(http, image=i) for i in ("sample_ct", "phantom_a", "sample_ct", "sample_ct")]
+        for index, viewer in enumerate(sessions):
+            viewer.point((5 + index, 5, 5))
+        manager = http.app.state.services.interactive.manager
+        assert manager.evictions >= 1  # three 0.37 MB masks (and a small one) do not fit in 1 MB
+        for viewer in sessions:  # every one comes back intact, undo included
+            assert np.array_equal(viewer.server_mask(), viewer.mask)
+            viewer.send("undo")
+            assert viewer.mask.sum() == 0
+        assert manager.restores >= 1
+        listing = http.get("/interactive/sessions").json()
+        assert len(listing) == 4
+
+
+class SlowCube(CubeTask):
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "slow"
+
+    def infer(self, volume, params):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)
+        return super().infer(volume, params)
+
+
+def test_overload_answers_503_with_retry_after_and_info_stays_fast(tmp_path: Path, studies: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from annotation_server.app_spec import AppSpec
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    spec = AppSpec(name="slow", description="", labels={"kidney": 1}, models=[SlowCube()])
+    settings = Settings(studies=studies, data_dir=tmp_path / "d", rescan_interval_s=0, infer_queue_size=2)
+    with TestClient(create_app(settings, spec)) as http:
+        viewers = [Client(http) for _ in range(6)]
+        statuses: list[int] = []
+        headers: list[dict] = []
+
+        def click(viewer: Client) -> None:
+            response = http.post(
+                f"/interactive/sessions/{viewer.id}/prompt", json={"prompt": {"type": "point", "point": [5, 5, 5]}}
+            )
+            statuses.append(response.status_code)
+            headers.append(dict(response.headers))
+
+        threads = [threading.Thread(target=click, args=(v,)) for v in viewers]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.1)
+        started = time.perf_counter()
+        assert http.get("/info/").status_code == 200
+        info_s = time.perf_counter() - started
+        for thread in threads:
+            thread.join()
+        assert statuses.count(200) >= 2 and 503 in statuses
+        assert all(h.get("retry-after") for s, h in zip(statuses, headers, strict=True) if s == 503)
+        assert info_s < 0.4  # /info/ did not wait behind the 0.5 s inferences
+
+
+def test_delta_is_small_for_a_local_edit(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client, image="sample_ct")
+    answer = viewer.point((60, 50, 10))
+    delta_bytes = len(base64.b64decode(answer["delta"]["data"]))
+    full = io.BytesIO(client.get(f"/interactive/sessions/{viewer.id}/mask").content).getbuffer().nbytes
+    assert delta_bytes < 0.1 * full
