@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
@@ -31,6 +31,7 @@ from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.strategies import builtin_strategies
 from annotation_server.logging_setup import attach_file_log, detach_file_log
+from annotation_server.metrics import Metrics, install_request_metrics
 from annotation_server.samples import ensure_sample_studies
 from annotation_server.services import Services
 from annotation_server.sessions import SessionStore
@@ -66,6 +67,7 @@ def load_models(settings: Settings, app_spec: AppSpec, device: str) -> tuple[dic
     for task in tasks:
         try:
             task.load(device)
+            task.warmup()
         except Exception as exc:
             failed[task.name] = f"{type(exc).__name__}: {exc}"
             continue
@@ -156,6 +158,10 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         handler = attach_file_log(settings.log_file, settings.log_level)
         services = await asyncio.to_thread(build_services, settings, spec)
         app.state.services = services
+        metrics.bind(
+            lambda: services.inference.pending, services.inference.cache, lambda: len(services.interactive.manager)
+        )
+        services.inference.observer = metrics.observe_inference
         tasks = [
             asyncio.create_task(_every(60, services.sessions.purge_expired)),
             asyncio.create_task(_every(60, services.interactive.manager.purge_expired)),
@@ -176,6 +182,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
             services.close()
             detach_file_log(handler)
 
+    metrics = Metrics()
     app = FastAPI(
         title="annotation-server",
         version=__version__,
@@ -191,6 +198,13 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         allow_headers=["*"],
     )
     install_error_handlers(app)
+    install_request_metrics(app, metrics)
+    app.state.metrics = metrics
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return metrics.exposition()
+
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -425,3 +425,13 @@ def test_health(client) -> None:  # type: ignore[no-untyped-def]
 
 def test_auth_route_absent_when_auth_disabled(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/auth/").status_code == 404  # clients read any non-200 as 'auth disabled'
+
+
+def test_prometheus_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    client.post("/infer/threshold?image=sample_ct&output=json")
+    client.post("/infer/threshold?image=sample_ct&output=json")
+    text = client.get("/metrics").text
+    assert 'annotation_http_request_seconds_count{method="POST",route="/infer/{model}",status="200"} 2.0' in text
+    assert 'annotation_inference_seconds_count{kind="infer",model="threshold"} 2.0' in text
+    assert "annotation_volume_cache_hits 1.0" in text and "annotation_volume_cache_misses 1.0" in text
+    assert "annotation_inference_queue_depth 0.0" in text and "process_resident_memory_bytes" in text

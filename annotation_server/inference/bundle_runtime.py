@@ -107,6 +107,14 @@ class BundleRuntime:
         with self._autocast():
             return self.inferer(network_input[None].to(self.device), self.network)[0].float()
 
+    def warmup(self) -> None:
+        """A forward pass on zeros of one window (allocators, kernels and thread pools start now, not on click 1)."""
+        inputs = self.bundle.metadata.get("network_data_format", {}).get("inputs", {})
+        channels = int(next(iter(inputs.values()), {}).get("num_channels", 1))
+        roi = getattr(self.inferer, "roi_size", None) or (32, 32, 32)
+        size = [max(int(v), 16) for v in (roi if isinstance(roi, list | tuple) else [roi] * 3)]
+        self.forward(torch.zeros((channels, *size)))
+
     def run(self, inputs: dict[str, MetaTensor], output_shape: tuple[int, ...]) -> np.ndarray:
         """Channel-index label map on the grid of `inputs[image_key]` as given (before preprocessing)."""
         data = self.preprocess(inputs)

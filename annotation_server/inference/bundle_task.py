@@ -31,6 +31,9 @@ class BundleTask(InferTask):
     def load(self, device: str) -> None:
         self.runtime = BundleRuntime(self.bundle, device)
 
+    def warmup(self) -> None:
+        self._runtime().warmup()
+
     def _runtime(self) -> BundleRuntime:
         if self.runtime is None:  # used without a server start (scripts, tests)
             self.load("cpu")

@@ -71,6 +71,8 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self._pending = 0
         self._pending_lock = threading.Lock()
+        # Called with (model, kind, seconds) after each model run; the server points it at its metrics.
+        self.observer: Callable[[str, str, float], None] = lambda model, kind, seconds: None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -162,6 +164,7 @@ class InferenceService:
             "transform": None,
         }
         logger.info("infer %s on %s: %.3fs", task.name, source.image_id or source.path.name, finished - started)
+        self.observer(task.name, "infer", inferred - loaded)
         payload = {
             **result.extra,
             **saved,

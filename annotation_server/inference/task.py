@@ -59,6 +59,9 @@ class InferTask(ABC):
     def load(self, device: str) -> None:  # noqa: B027 - optional hook, most classic tools need nothing
         """Load weights onto `device` once at server start (not per request)."""
 
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """One dummy pass at start, so the first real request does not pay for lazy initialisation."""
+
     @property
     def is_interactive(self) -> bool:
         return self.type in ("deepgrow", "deepedit", "scribbles")

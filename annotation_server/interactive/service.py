@@ -88,7 +88,10 @@ class InteractiveService:
                 if model_name is None:
                     raise InvalidRequestError("no click model for this session: pass 'model' in the prompt")
                 task = self.inference.task(model_name)
-                return refine_object(session, volume, task, prompt, label, new_object)
+                began = time.perf_counter()
+                change = refine_object(session, volume, task, prompt, label, new_object)
+                self.inference.observer(task.name, "prompt", time.perf_counter() - began)
+                return change
 
         change = await self.inference.submit(work)
         session.label = label
