@@ -98,8 +98,8 @@ class BundleClickTask(BundleTask):
             "guidance": volume_to_metatensor(guidance, sub, channel_first=True),
         }
         channels = runtime.run(inputs, sub.geometry.shape)
+        local_mask = keep_clicked_components((channels == 1).astype(np.uint8), local(foreground))
         mask = np.zeros(shape, dtype=np.uint8)
-        mask[roi] = (channels == 1).astype(np.uint8)
-        mask = keep_clicked_components(mask, foreground)
+        mask[roi] = local_mask
         segment = params.label or next(iter(self.labels), "object")
         return InferResult(mask=mask, label_names={segment: 1}, extra={"roi": [[s.start, s.stop] for s in roi]})

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from annotation_server.learning.trainer import TrainHistory, TrainProgress
@@ -13,7 +14,22 @@ from annotation_server.learning.trainer import TrainHistory, TrainProgress
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgress], None]]:
-    """Yields a callback for `train(progress=...)` that drives a rich progress bar."""
+    """Yields a callback for `train(progress=...)`: a rich bar on a terminal, plain lines in logs and CI."""
+    console = Console()
+    if not console.is_terminal:
+        every = max(1, total // 20)
+
+        def log_line(p: TrainProgress) -> None:
+            if p.step % every == 0 or p.step == total or p.val_dice is not None:
+                dice = f"{p.best_dice:.4f}" if p.best_dice is not None else "-"
+                print(
+                    f"{description} step {p.step}/{total} loss {p.loss:.4f} best val Dice {dice} "
+                    f"elapsed {p.elapsed_s:.0f}s eta {p.eta_s:.0f}s",
+                    flush=True,
+                )
+
+        yield log_line
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -22,7 +38,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgre
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns) as bar:
+    with Progress(*columns, console=console) as bar:
         task = bar.add_task(description, total=total, loss=0.0, dice="-")
 
         def update(p: TrainProgress) -> None:

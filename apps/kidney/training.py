@@ -28,6 +28,7 @@ from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.click_task import crop_volume
 from annotation_server.inference.guidance import render_guidance, roi_around
 from annotation_server.learning.bundle_writer import inference_config, write_bundle
+from annotation_server.learning.click_training import ErrorClicks
 from annotation_server.learning.patches import PatchBatches, augmentation
 from annotation_server.learning.trainer import Batch, TrainHistory, TrainProgress, TrainSettings, train
 from annotation_server.phantoms import PhantomConfig, Phase, generate_phantom
@@ -146,10 +147,13 @@ def _fit(
     progress: Callable[[TrainProgress], None] | None,
     batch_size: int,
     extras: dict[str, Any] | None = None,
+    error_clicks: bool = False,
 ) -> TrainHistory:
     """Train a recipe's network on prepared samples and write its bundle with the best weights."""
-    batches: Iterator[Batch] = PatchBatches(samples, transform, batch_size, seed=settings.seed, input_keys=input_keys)
     network = ConfigParser({"net": network_def}).get_parsed_content("net")
+    batches: Iterator[Batch] = PatchBatches(samples, transform, batch_size, seed=settings.seed, input_keys=input_keys)
+    if error_clicks:
+        batches = ErrorClicks(batches, network, recipes.CLICK_SPACING, recipes.CLICK_SIGMA_MM, seed=settings.seed)
     history = train(network, batches, settings, validate, progress)
     write_bundle(out_dir, config, metadata(history), history.best_state or {}, extras)
     return history
@@ -335,6 +339,7 @@ def train_click(
         progress,
         run.batch_size,
         extras,
+        error_clicks=True,
     )
 
 

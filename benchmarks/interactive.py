@@ -1,0 +1,232 @@
+"""Interactive click latency through the HTTP session API, against the raw forward pass of the same model.
+
+Runs with no arguments on the embedded sample CT: starts a real `annotate-server --app kidney` on
+127.0.0.1, opens a session, clicks inside the kidneys, and prints JSON:
+
+- click_p50_s / click_p95_s: warm click round trips (HTTP in, delta out);
+- raw_forward_p50_s: the click model's forward pass on the same ROI, measured in this run; ratio = p50 / raw;
+- first_click_s after server start, and its ratio to the warm p50;
+- delta_bytes vs full_label_bytes for a local edit;
+- info_p99_during_infer_s: GET /info/ while clicks run;
+- with --clients N: N annotators clicking at once: errors and p95 against the single-client p95.
+
+    python benchmarks/interactive.py [--model kidney_click] [--clicks 40] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+# Voxels inside the two kidneys of the embedded sample CT (example_ct_sm), in (i, j, k).
+KIDNEY_CLICKS = [(81, 38, 8), (34, 37, 9), (78, 40, 12), (36, 35, 6), (84, 36, 5), (31, 39, 12)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "annotation_server",
+            "--app",
+            "kidney",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while time.monotonic() - started < 120:
+        try:
+            if httpx.get(f"{url}/info/", timeout=2).status_code == 200:
+                return process, url, time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise TimeoutError("server did not start")
+
+
+class Annotator:
+    def __init__(self, client: httpx.Client, model: str) -> None:
+        self.client = client
+        response = client.post("/interactive/sessions", json={"image": "example_ct_sm", "model": model})
+        response.raise_for_status()
+        self.id = response.json()["session_id"]
+
+    def click(self, point: tuple[int, int, int], new_object: bool) -> tuple[float, dict]:
+        started = time.perf_counter()
+        response = self.client.post(
+            f"/interactive/sessions/{self.id}/prompt",
+            json={"prompt": {"type": "point", "point": list(point)}, "new_object": new_object},
+        )
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        return elapsed, response.json()
+
+
+def clicking(client: httpx.Client, model: str, clicks: int) -> list[float]:
+    annotator = Annotator(client, model)
+    times = []
+    for index in range(clicks):
+        elapsed, _ = annotator.click(KIDNEY_CLICKS[index % len(KIDNEY_CLICKS)], new_object=index % 2 == 0)
+        times.append(elapsed)
+    return times
+
+
+def raw_forward_p50(model: str, repeats: int) -> float:
+    """The same model's forward pass on the ROI a click at KIDNEY_CLICKS[0] produces, in this process."""
+    from annotation_models import bundle_path
+    from annotation_server.imaging import read_volume
+    from annotation_server.inference.bundle_runtime import volume_to_metatensor
+    from annotation_server.inference.click_task import BundleClickTask, crop_volume
+    from annotation_server.inference.guidance import render_guidance, roi_around
+
+    task = BundleClickTask(bundle_path(model))
+    task.load("cpu")
+    volume = read_volume(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
+    point = KIDNEY_CLICKS[0]
+    roi = roi_around([point], volume.geometry.shape, volume.geometry.spacing, task.roi_mm)
+    sub = crop_volume(volume, roi)
+    local = tuple(p - s.start for p, s in zip(point, roi, strict=True))
+    guidance = render_guidance(sub.geometry.shape, volume.geometry.spacing, [local], [], task.sigma_mm)
+    runtime = task._runtime()
+    data = runtime.preprocess(
+        {
+            "image": volume_to_metatensor(sub.array, sub),
+            "guidance": volume_to_metatensor(guidance, sub, channel_first=True),
+        }
+    )
+    network_input = data[runtime.input_key]
+    runtime.forward(network_input)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runtime.forward(network_input)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="kidney_click")
+    parser.add_argument("--clicks", type=int, default=40)
+    parser.add_argument("--clients", type=int, default=0, help="also run N annotators at once")
+    args = parser.parse_args()
+    report: dict[str, object] = {"benchmark": "interactive", "model": args.model, "clicks": args.clicks}
+    with tempfile.TemporaryDirectory(prefix="interactive-bench-") as tmp:
+        process, url, startup_s = start_server(Path(tmp))
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                report["server_start_s"] = round(startup_s, 2)
+                first = Annotator(client, args.model)
+                first_click_s, answer = first.click(KIDNEY_CLICKS[0], new_object=True)
+                delta_bytes = len(base64.b64decode(answer["delta"]["data"])) if answer["delta"] else 0
+                full = client.get(f"/interactive/sessions/{first.id}/mask")
+                report["delta_bytes"] = delta_bytes
+                report["full_label_bytes"] = len(full.content)
+                report["delta_vs_full"] = round(delta_bytes / max(len(full.content), 1), 4)
+
+                warm = clicking(client, args.model, args.clicks)
+                p50, p95 = statistics.median(warm), percentile(warm, 95)
+                raw = raw_forward_p50(args.model, repeats=max(10, args.clicks // 2))
+                report.update(
+                    {
+                        "click_p50_s": round(p50, 4),
+                        "click_p95_s": round(p95, 4),
+                        "raw_forward_p50_s": round(raw, 4),
+                        "ratio": round(p50 / raw, 3),
+                        "first_click_s": round(first_click_s, 4),
+                        "first_click_vs_warm_p50": round(first_click_s / p50, 3),
+                    }
+                )
+
+                info_times: list[float] = []
+                stop = threading.Event()
+
+                def keep_clicking() -> None:
+                    while not stop.is_set():
+                        clicking(client, args.model, 4)
+
+                worker = threading.Thread(target=keep_clicking)
+                worker.start()
+                time.sleep(0.2)
+                for _ in range(100):
+                    started = time.perf_counter()
+                    client.get("/info/").raise_for_status()
+                    info_times.append(time.perf_counter() - started)
+                    time.sleep(0.01)
+                stop.set()
+                worker.join()
+                report["info_p99_during_infer_s"] = round(percentile(info_times, 99), 4)
+
+                if args.clients:
+                    errors: list[str] = []
+                    all_times: list[float] = []
+                    lock = threading.Lock()
+
+                    def annotator() -> None:
+                        try:
+                            times = clicking(client, args.model, max(5, args.clicks // 4))
+                            with lock:
+                                all_times.extend(times)
+                        except Exception as exc:  # counted, not raised: the number of errors is the result
+                            with lock:
+                                errors.append(repr(exc))
+
+                    threads = [threading.Thread(target=annotator) for _ in range(args.clients)]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join()
+                    multi_p95 = percentile(all_times, 95) if all_times else float("nan")
+                    report.update(
+                        {
+                            "clients": args.clients,
+                            "errors": len(errors),
+                            "error_samples": errors[:3],
+                            "multi_p95_s": round(multi_p95, 4),
+                            "multi_p95_vs_single_p95": round(multi_p95 / p95, 3),
+                        }
+                    )
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
