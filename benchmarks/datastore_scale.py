@@ -16,12 +16,7 @@ import argparse
 import gzip
 import io
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +24,7 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
+from common import Server
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 SHAPE = (8, 8, 4)
@@ -48,48 +44,6 @@ def build_store(folder: Path, n: int) -> None:
     for index in range(n):
         array = rng.integers(-100, 100, size=SHAPE, dtype=np.int16)
         nib.save(nib.Nifti1Image(array, AFFINE), str(folder / f"case_{index:05d}.nii"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(studies: Path, data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annotation_server",
-            "--app",
-            "kidney",
-            "--studies",
-            str(studies),
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "ANNOTATE_RESCAN_INTERVAL_S": "0"},
-    )
-    while time.monotonic() - started < 300:
-        try:
-            if httpx.get(f"{url}/info/", timeout=2).status_code == 200:
-                return process, url, time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise TimeoutError("server did not start")
 
 
 def median_s(samples: list[float]) -> float:
@@ -142,17 +96,19 @@ def main() -> None:
             build_started = time.monotonic()
             build_store(studies, n)
             built_s = time.monotonic() - build_started
-            process, url, startup_s = start_server(studies, Path(tmp) / f"data_{n}")
+            server = Server(
+                ["--app", "kidney", "--studies", str(studies), "--data-dir", str(Path(tmp) / f"data_{n}")],
+                env={"ANNOTATE_RESCAN_INTERVAL_S": "0"},
+            )
             try:
                 results[str(n)] = {
                     "studies": n,
                     "build_s": round(built_s, 2),
-                    "startup_s": round(startup_s, 2),
-                    **measure(url, n, args.repeats),
+                    "startup_s": round(server.startup_s, 2),
+                    **measure(server.url, n, args.repeats),
                 }
             finally:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(30)
+                server.stop()
     sizes = [str(n) for n in args.sizes]
     summary: dict[str, object] = {"benchmark": "datastore_scale", "repeats": args.repeats, "by_studies": results}
     if len(sizes) >= 2:

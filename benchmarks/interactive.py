@@ -18,12 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import Server
 
 REPO = Path(__file__).resolve().parents[1]
 # Voxels inside the two kidneys of the embedded sample CT (example_ct_sm), in (i, j, k).
@@ -39,45 +35,6 @@ KIDNEY_CLICKS = [(81, 38, 8), (34, 37, 9), (78, 40, 12), (36, 35, 6), (84, 36, 5
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annotation_server",
-            "--app",
-            "kidney",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    while time.monotonic() - started < 120:
-        try:
-            if httpx.get(f"{url}/info/", timeout=2).status_code == 200:
-                return process, url, time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise TimeoutError("server did not start")
 
 
 class Annotator:
@@ -148,7 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, object] = {"benchmark": "interactive", "model": args.model, "clicks": args.clicks}
     with tempfile.TemporaryDirectory(prefix="interactive-bench-") as tmp:
-        process, url, startup_s = start_server(Path(tmp))
+        server = Server(["--app", "kidney", "--data-dir", str(Path(tmp))])
+        url, startup_s = server.url, server.startup_s
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
                 report["server_start_s"] = round(startup_s, 2)
@@ -223,8 +181,7 @@ def main() -> None:
                         }
                     )
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
+            server.stop()
     print(json.dumps(report, indent=2))
 
 

@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import Server
 
 REPO = Path(__file__).resolve().parents[1]
 PINS = [
@@ -144,12 +143,6 @@ class BenchApp(MONAILabelApp):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_venv(venv: Path) -> Path:
     python = venv / "bin" / "python"
     if not (venv / "bin" / "monailabel").exists():
@@ -175,18 +168,37 @@ def write_app(folder: Path) -> None:
     shutil.copy(bundle_path("kidney_click") / "models" / "model.pt", folder / "model" / "kidney_click.pt")
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/info/", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not start")
+def alternate(
+    theirs_url: str, ours_url: str, image: str, clicks: list[tuple[int, int, int]], rounds: int
+) -> tuple[list[float], list[float]]:
+    """Alternate MONAI Label /infer and our session prompt on the same clicks; round 0 warms up, uncounted."""
+    ours_times, theirs_times = [], []
+    with httpx.Client(timeout=600) as client:
+        session = client.post(f"{ours_url}/interactive/sessions", json={"image": image, "model": "kidney_click"})
+        session_id = session.json()["session_id"]
+        for round_index in range(rounds + 1):
+            point = list(clicks[round_index % len(clicks)])
+            params = json.dumps(
+                {"foreground": [point], "background": [], "result_extension": ".nii.gz", "result_dtype": "uint8"}
+            )
+            started = time.perf_counter()
+            theirs = client.post(f"{theirs_url}/infer/kidney_click?image={image}", files={"params": (None, params)})
+            theirs_s = time.perf_counter() - started
+            started = time.perf_counter()
+            ours = client.post(
+                f"{ours_url}/interactive/sessions/{session_id}/prompt",
+                json={"prompt": {"type": "point", "point": point}, "new_object": True},
+            )
+            ours_s = time.perf_counter() - started
+            if theirs.status_code != 200 or ours.status_code != 200:
+                raise RuntimeError(
+                    f"request failed: MONAI Label {theirs.status_code} {theirs.text[:200]}, "
+                    f"ours {ours.status_code} {ours.text[:200]}"
+                )
+            if round_index:
+                theirs_times.append(theirs_s)
+                ours_times.append(ours_s)
+    return theirs_times, ours_times
 
 
 def main() -> None:
@@ -202,103 +214,39 @@ def main() -> None:
         source = REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz"
         args.image = "example_ct_sm"
     clicks = CLICKS[args.image]
-    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="vs-monailabel-") as tmp:
         root = Path(tmp)
         for name in ("ours", "theirs"):
             (root / name / "studies").mkdir(parents=True)
             shutil.copy(source, root / name / "studies" / source.name)
         write_app(root / "app")
-        theirs_url, ours_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         try:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        str(monailabel),
-                        "start_server",
-                        "--app",
-                        str(root / "app"),
-                        "--studies",
-                        str(root / "theirs" / "studies"),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        theirs_url.rsplit(":", 1)[1],
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                    cwd=root,
-                    env={
-                        **os.environ,
-                        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-                        "PATH": f"{monailabel.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                    },
-                )
+            theirs = Server(
+                ["start_server", "--app", str(root / "app"), "--studies", str(root / "theirs" / "studies")],
+                command=[str(monailabel)],
+                cwd=root,
+                env={
+                    "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+                    "PATH": f"{monailabel.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                },
             )
-            processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "annotation_server",
-                        "--app",
-                        "kidney",
-                        "--studies",
-                        str(root / "ours" / "studies"),
-                        "--data-dir",
-                        str(root / "ours" / "data"),
-                        "--port",
-                        ours_url.rsplit(":", 1)[1],
-                        "--log-level",
-                        "warning",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            servers.append(theirs)
+            ours = Server(
+                [
+                    "--app",
+                    "kidney",
+                    "--studies",
+                    str(root / "ours" / "studies"),
+                    "--data-dir",
+                    str(root / "ours" / "data"),
+                ]
             )
-            wait_ready(theirs_url, processes[0], "MONAI Label")
-            wait_ready(ours_url, processes[1], "annotation-server")
-            ours_times, theirs_times = [], []
-            with httpx.Client(timeout=600) as client:
-                session = client.post(
-                    f"{ours_url}/interactive/sessions", json={"image": args.image, "model": "kidney_click"}
-                ).json()["session_id"]
-                for round_index in range(args.rounds + 1):  # round 0 warms both up and is not counted
-                    point = list(clicks[round_index % len(clicks)])
-                    params = json.dumps(
-                        {
-                            "foreground": [point],
-                            "background": [],
-                            "result_extension": ".nii.gz",
-                            "result_dtype": "uint8",
-                        }
-                    )
-                    started = time.perf_counter()
-                    theirs = client.post(
-                        f"{theirs_url}/infer/kidney_click?image={args.image}", files={"params": (None, params)}
-                    )
-                    theirs_s = time.perf_counter() - started
-                    started = time.perf_counter()
-                    ours = client.post(
-                        f"{ours_url}/interactive/sessions/{session}/prompt",
-                        json={"prompt": {"type": "point", "point": point}, "new_object": True},
-                    )
-                    ours_s = time.perf_counter() - started
-                    if theirs.status_code != 200 or ours.status_code != 200:
-                        raise RuntimeError(
-                            f"request failed: MONAI Label {theirs.status_code} {theirs.text[:200]}, "
-                            f"ours {ours.status_code} {ours.text[:200]}"
-                        )
-                    if round_index:
-                        theirs_times.append(theirs_s)
-                        ours_times.append(ours_s)
+            servers.append(ours)
+            theirs_times, ours_times = alternate(theirs.url, ours.url, args.image, clicks, args.rounds)
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(30)
+            for server in servers:
+                server.stop()
     theirs_p50, ours_p50 = statistics.median(theirs_times), statistics.median(ours_times)
     print(
         json.dumps(

@@ -311,3 +311,23 @@ def test_server_starts_without_a_corrupted_model_and_says_why(tmp_path: Path, sa
         assert "corrupted or was replaced" in info["server"]["failed_models"]["bad_model"]
         assert client.post("/infer/bad_model?image=ct").status_code == 404
         assert client.post("/infer/good_model?image=ct&output=json").status_code == 200
+
+
+@pytest.mark.parametrize("affine", [np.array([[0, -0.9, 0, 50], [-1.1, 0, 0, 20], [0, 0, 4.5, -30], [0, 0, 0, 1]]),
+                                    "oblique"], ids=["permuted", "oblique"])
+def test_click_on_permuted_and_oblique_grids(tmp_path: Path, affine) -> None:  # type: ignore[no-untyped-def]
+    from annotation_server.imaging import Geometry, Volume
+    from annotation_server.inference.click_task import BundleClickTask
+
+    if isinstance(affine, str):
+        affine = np.eye(4)
+        affine[:3, :3] = nib.eulerangles.euler2mat(0.3, 0.2, -0.25) @ np.diag([1.2, 0.9, 3.0])
+    array = np.zeros((50, 45, 20), dtype=np.float32)
+    volume = Volume(array, Geometry(array.shape, affine))
+    task = BundleClickTask(make_guidance_echo_bundle(tmp_path / "c", [2.0, 2.0, 2.0]), labels={"kidney": 1})
+    click = (25, 20, 10)
+    mask = task.infer(volume, InferParams(foreground=[click])).mask.astype(bool)
+    assert mask[click]
+    world = (affine @ np.c_[np.argwhere(mask), np.ones(mask.sum())].T)[:3]
+    centre = affine @ np.array([*click, 1.0])
+    assert np.linalg.norm(world.mean(axis=1) - centre[:3]) < 2.5  # the blob sits on the click in millimetres

@@ -101,3 +101,21 @@ def test_client_sees_errors_and_server_keeps_running(
     with pytest.raises(MONAILabelClientException, match="422"):
         client.save_label("sample_ct", str(bad))
     assert client.info()["name"].startswith("annotation-server")
+
+
+def test_monailabel_client_runs_the_learned_models(live_server, monailabel_client, studies: Path,
+                                                   tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Both shipped kidney models through MONAI Label's own client: files come back on the image's grid."""
+    server = live_server("--app", "kidney", "--studies", str(studies))
+    (tmp_path / "client").mkdir()
+    client = monailabel_client(server.url, tmpdir=str(tmp_path / "client"))
+    image = read_volume(studies / "sample_ct.nii.gz")
+    seg_file, seg_params = client.infer("kidney_seg", "sample_ct", {"restore_label_idx": True})
+    seg = read_volume(seg_file)
+    assert seg.geometry.matches(image.geometry) and seg_params["label_names"] == {"kidney": 1, "tumor": 2, "cyst": 3}
+    assert int((seg.array > 0).sum()) > 2000  # two kidneys of ~3,900 voxels each in this crop
+    click_file, click_params = client.infer("kidney_click", "sample_ct", {"foreground": [RIGHT_KIDNEY_CLICK]})
+    click = read_volume(click_file)
+    assert click.geometry.matches(image.geometry) and click.array[tuple(RIGHT_KIDNEY_CLICK)] == 1
+    assert 1000 < int(click.array.sum()) < 12_000 and click_params["model"] == "kidney_click"
+

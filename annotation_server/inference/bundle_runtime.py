@@ -89,6 +89,7 @@ class BundleRuntime:
         self.postprocessing = (
             _without_file_io(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser else None
         )
+        self._raw_preprocessing = parser.get("preprocessing")
         self._invert = Invertd(
             keys="pred", transform=self._full_preprocessing, orig_keys=image_key, nearest_interp=True
         )
@@ -97,6 +98,34 @@ class BundleRuntime:
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return nullcontext()
+
+    def image_pipeline(self) -> Compose:
+        """The bundle's preprocessing restricted to the image key (for preparing a whole image once).
+
+        Transforms that do not touch the image, or that merge keys (ConcatItemsd), are left out; per-key
+        options given as lists (e.g. Spacingd modes) keep the image's entry.
+        """
+        raw = self._raw_preprocessing
+        transforms = raw.get("transforms", []) if isinstance(raw, dict) else list(raw or [])
+        kept: list[dict[str, Any]] = []
+        for item in transforms:
+            if not isinstance(item, dict) or "Concat" in str(item.get("_target_", "")):
+                continue
+            keys = item.get("keys")
+            key_list = [keys] if isinstance(keys, str) else list(keys or [])
+            if self.image_key not in key_list or "Load" in str(item.get("_target_", "")):
+                continue
+            position = key_list.index(self.image_key)
+            trimmed = {k: (v[position] if isinstance(v, list) and len(v) == len(key_list) and k not in (
+                "pixdim", "labels", "spatial_size", "roi_size") else v) for k, v in item.items()}
+            trimmed["keys"] = [self.image_key]
+            kept.append(trimmed)
+        return ConfigParser({"p": {"_target_": "Compose", "transforms": kept}}).get_parsed_content("p")
+
+    def forward_patch(self, patch: torch.Tensor) -> torch.Tensor:
+        """The network on one patch (channels, x, y, z), no sliding window: the click path's forward pass."""
+        with torch.no_grad(), self._autocast():
+            return self.network(patch[None].to(self.device))[0].float()
 
     def preprocess(self, inputs: dict[str, MetaTensor]) -> dict[str, Any]:
         return self.preprocessing(dict(inputs))

@@ -1,15 +1,20 @@
 """A click-guided bundle (image + foreground/background guidance -> the clicked object), type `deepgrow`.
 
-Only a region around the clicks is inferred (its size in mm comes from the bundle), so a click costs the
-same on a 512 x 512 x 300 study as on a small crop; the mask is pasted back into the full grid.
+The image is brought into the network's space once (the bundle's own orientation, spacing and intensity
+transforms) and kept with the cached volume. A click then costs: map the clicks into that space, cut one
+network patch around them, draw the guidance there, one forward pass, and map the patch's labels back onto
+the input grid (nearest neighbour) around the clicks. Nothing scales with the image size, so a click costs
+the same on a 512 x 512 x 300 study as on a small crop.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from annotation_server.errors import InvalidRequestError
@@ -17,7 +22,7 @@ from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle import load_bundle
 from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.bundle_task import BundleTask
-from annotation_server.inference.guidance import render_guidance, roi_around
+from annotation_server.inference.guidance import render_guidance
 from annotation_server.inference.params import InferParams, Point, check_points
 from annotation_server.inference.task import InferResult
 
@@ -42,6 +47,55 @@ def keep_clicked_components(mask: np.ndarray, foreground: list[Point]) -> np.nda
     return np.isin(components, list(keep)).astype(mask.dtype)
 
 
+@dataclass
+class PreparedImage:
+    """An image in the network's space, made once per cached volume."""
+
+    image: torch.Tensor  # (1, x, y, z), intensity-normalised
+    to_network: np.ndarray  # input voxel index -> network voxel index (4 x 4)
+    spacing: tuple[float, float, float]
+
+
+def _network_box(centre: np.ndarray, patch: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    starts = [min(max(round(c - p / 2), 0), max(n - p, 0)) for c, p, n in zip(centre, patch, shape, strict=True)]
+    return tuple(slice(a, min(a + p, n)) for a, p, n in zip(starts, patch, shape, strict=True))
+
+
+def _back_to_input(pred: np.ndarray, box: tuple[slice, ...], to_network: np.ndarray,
+                   shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The input-grid box the network patch covers, and its labels there (nearest network voxel)."""
+    corners = np.array([[s.start if b == 0 else s.stop - 1 for s, b in zip(box, bits, strict=True)]
+                        for bits in np.ndindex(2, 2, 2)], dtype=float)
+    to_input = np.linalg.inv(to_network)
+    mapped = (to_input[:3, :3] @ corners.T).T + to_input[:3, 3]
+    lo = np.clip(np.floor(mapped.min(axis=0) - 1), 0, np.asarray(shape) - 1).astype(int)
+    hi = np.clip(np.ceil(mapped.max(axis=0) + 2), 1, np.asarray(shape)).astype(int)
+    input_box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    linear = to_network[:3, :3]
+    offset = np.array([s.start for s in box])
+    if np.count_nonzero(np.abs(linear) > 1e-6) == 3 and np.all(np.count_nonzero(np.abs(linear) > 1e-6, axis=0) == 1):
+        # axis-aligned (a permutation with flips and scaling): one index table per axis
+        axes = []
+        for axis in range(3):
+            row = int(np.argmax(np.abs(linear[:, axis])))
+            idx = np.arange(lo[axis], hi[axis])
+            axes.append((row, np.floor(linear[row, axis] * idx + to_network[row, 3] + 0.5).astype(int) - offset[row]))
+        order = [row for row, _ in axes]
+        tables = [table for _, table in axes]
+        valid = [(t >= 0) & (t < pred.shape[r]) for r, t in zip(order, tables, strict=True)]
+        gathered = np.zeros([len(t) for t in tables], dtype=pred.dtype)
+        inside = np.ix_(*[np.nonzero(v)[0] for v in valid])
+        source = np.transpose(pred, np.argsort(order))  # put network axes in input-axis order
+        gathered[inside] = source[np.ix_(*[t[v] for t, v in zip(tables, valid, strict=True)])]
+        return input_box, gathered
+    grid = np.indices(hi - lo).reshape(3, -1) + lo[:, None]
+    index = np.floor(linear @ grid + to_network[:3, 3:4] + 0.5).astype(int) - offset[:, None]
+    valid = np.all((index >= 0) & (index < np.asarray(pred.shape)[:, None]), axis=0)
+    values = np.zeros(grid.shape[1], dtype=pred.dtype)
+    values[valid] = pred[tuple(index[:, valid])]
+    return input_box, values.reshape(hi - lo)
+
+
 class BundleClickTask(BundleTask):
     """Serves a click-guided bundle; `metadata.json` -> `annotation_server` gives roi_mm and guidance_sigma_mm."""
 
@@ -58,6 +112,28 @@ class BundleClickTask(BundleTask):
         )
         self.roi_mm = [float(v) for v in bundle.extras.get("roi_mm", [160.0, 160.0, 160.0])]
         self.sigma_mm = float(bundle.extras.get("guidance_sigma_mm", 5.0))
+        self._prepared_key = f"prepared:{self.name}:{bundle.sha256}"
+
+    def prepare(self, volume: Volume) -> PreparedImage:
+        """The volume in the network's space; kept on the volume, so it lives as long as the cached volume."""
+        prepared = volume.meta.get(self._prepared_key)
+        if prepared is None:
+            runtime = self._runtime()
+            image = runtime.image_pipeline()({runtime.image_key: volume_to_metatensor(volume.array, volume)})
+            tensor = image[runtime.image_key]
+            network_affine = np.asarray(tensor.affine, dtype=float)
+            prepared = PreparedImage(
+                image=torch.as_tensor(tensor).float().to(runtime.device),
+                to_network=np.linalg.inv(network_affine) @ volume.geometry.affine,
+                spacing=tuple(float(v) for v in np.linalg.norm(network_affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+            )
+            volume.meta[self._prepared_key] = prepared
+        return prepared
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        roi = getattr(self._runtime().inferer, "roi_size", None) or (64, 64, 64)
+        return tuple(int(v) for v in roi)  # type: ignore[return-value]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "roi_mm": self.roi_mm}
@@ -78,28 +154,36 @@ class BundleClickTask(BundleTask):
         shape = volume.geometry.shape
         check_points(foreground, shape, "foreground")
         check_points(background, shape, "background")
-        spacing = volume.geometry.spacing
-        roi = roi_around(foreground, shape, spacing, self.roi_mm)
-        sub = crop_volume(volume, roi)
-        offset = np.array([s.start for s in roi])
-
-        def local(points: list[Point]) -> list[Point]:
-            inside = []
-            for point in points:
-                p = np.asarray(point) - offset
-                if np.all(p >= 0) and np.all(p < sub.geometry.shape):
-                    inside.append(tuple(int(v) for v in p))
-            return inside
-
-        guidance = render_guidance(sub.geometry.shape, spacing, local(foreground), local(background), self.sigma_mm)
+        prepared = self.prepare(volume)
         runtime = self._runtime()
-        inputs = {
-            "image": volume_to_metatensor(sub.array, sub),
-            "guidance": volume_to_metatensor(guidance, sub, channel_first=True),
-        }
-        channels = runtime.run(inputs, sub.geometry.shape)
-        local_mask = keep_clicked_components((channels == 1).astype(np.uint8), local(foreground))
+
+        def to_network(points: list[Point]) -> np.ndarray:
+            array = np.asarray(points, dtype=float).reshape(-1, 3)
+            return (prepared.to_network[:3, :3] @ array.T).T + prepared.to_network[:3, 3]
+
+        fg_net, bg_net = to_network(foreground), to_network(background)
+        network_shape = tuple(prepared.image.shape[1:])
+        box = _network_box(fg_net.mean(axis=0), self.patch, network_shape)
+        start = np.array([b.start for b in box])
+        size = tuple(b.stop - b.start for b in box)
+
+        def local(points: np.ndarray) -> list[tuple[int, int, int]]:
+            rounded = np.floor(points - start + 0.5).astype(int)
+            return [tuple(int(v) for v in p) for p in rounded if np.all(p >= 0) and np.all(p < size)]
+
+        guidance = torch.from_numpy(render_guidance(self.patch, prepared.spacing, local(fg_net), local(bg_net),
+                                                    self.sigma_mm)).to(runtime.device)
+        patch = torch.zeros((1, *self.patch), device=runtime.device)
+        patch[(slice(None), *(slice(0, n) for n in size))] = prepared.image[(slice(None), *box)]
+        logits = runtime.forward_patch(torch.cat([patch, guidance], dim=0))
+        pred = torch.argmax(logits, dim=0)[tuple(slice(0, n) for n in size)].to(torch.uint8).cpu().numpy()
+        input_box, local_mask = _back_to_input(pred, box, prepared.to_network, shape)
+        offset = np.array([s.start for s in input_box])
+        seeds = [tuple(int(v) for v in np.asarray(p) - offset) for p in foreground
+                 if np.all(np.asarray(p) >= offset) and np.all(np.asarray(p) - offset < local_mask.shape)]
+        local_mask = keep_clicked_components((local_mask == 1).astype(np.uint8), seeds)
         mask = np.zeros(shape, dtype=np.uint8)
-        mask[roi] = local_mask
+        mask[input_box] = local_mask
         segment = params.label or next(iter(self.labels), "object")
-        return InferResult(mask=mask, label_names={segment: 1}, extra={"roi": [[s.start, s.stop] for s in roi]})
+        return InferResult(mask=mask, label_names={segment: 1},
+                           extra={"roi": [[s.start, s.stop] for s in input_box]})
