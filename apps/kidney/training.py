@@ -181,11 +181,20 @@ def train_seg(
     )
 
 
-def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
+def _bundle_metadata(
+    task: str,
+    description: str,
+    model_type: str,
+    input_channels: dict[str, str],
+    output_channels: dict[str, str],
+    history: TrainHistory,
+    run: RecipeRun,
+) -> dict[str, Any]:
+    """metadata.json in the MONAI bundle schema, plus our training summary."""
     return {
         "version": "1.0.0",
-        "task": "Kidney, tumor and cyst segmentation in CT",
-        "description": "Automatic kidney / tumor / cyst segmentation (compact 3D UNet) trained on procedural phantoms",
+        "task": task,
+        "description": description,
         "authors": "annotation-server developers",
         "data_source": "procedural abdominal CT phantoms (annotation_server.phantoms); no patient data",
         "network_data_format": {
@@ -194,8 +203,8 @@ def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
                     "type": "image",
                     "format": "hounsfield",
                     "modality": "CT",
-                    "num_channels": 1,
-                    "spatial_shape": list(recipes.SEG_PATCH),
+                    "num_channels": len(input_channels),
+                    "channel_def": input_channels,
                     "dtype": "float32",
                     "value_range": list(recipes.HU_WINDOW),
                 }
@@ -204,13 +213,25 @@ def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": 4,
-                    "channel_def": {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst"},
+                    "num_channels": len(output_channels),
+                    "channel_def": output_channels,
                 }
             },
         },
-        "annotation_server": {"type": "segmentation", "training": _training_summary(history, run)},
+        "annotation_server": {"type": model_type, "training": _training_summary(history, run)},
     }
+
+
+def _seg_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
+    return _bundle_metadata(
+        "Kidney, tumor and cyst segmentation in CT",
+        "Automatic kidney / tumor / cyst segmentation (compact 3D UNet) trained on procedural phantoms",
+        "segmentation",
+        {"0": "image"},
+        {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst"},
+        history,
+        run,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- kidney_click
@@ -344,33 +365,15 @@ def train_click(
 
 
 def _click_metadata(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
-    return {
-        "version": "1.0.0",
-        "task": "Click-guided kidney / lesion segmentation in CT",
-        "description": "Foreground/background clicks -> the clicked kidney, tumor or cyst (3D UNet, 3 input channels)",
-        "authors": "annotation-server developers",
-        "data_source": "procedural abdominal CT phantoms (annotation_server.phantoms); no patient data",
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "hounsfield",
-                    "modality": "CT",
-                    "num_channels": 3,
-                    "channel_def": {"0": "image", "1": "foreground guidance", "2": "background guidance"},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "segmentation",
-                    "num_channels": 2,
-                    "channel_def": {"0": "background", "1": "object"},
-                }
-            },
-        },
-        "annotation_server": {"type": "deepgrow", "training": _training_summary(history, run)},
-    }
+    return _bundle_metadata(
+        "Click-guided kidney / lesion segmentation in CT",
+        "Foreground/background clicks -> the clicked kidney, tumor or cyst (3D UNet, 3 input channels)",
+        "deepgrow",
+        {"0": "image", "1": "foreground guidance", "2": "background guidance"},
+        {"0": "background", "1": "object"},
+        history,
+        run,
+    )
 
 
 def _training_summary(history: TrainHistory, run: RecipeRun) -> dict[str, Any]:
