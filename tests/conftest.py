@@ -79,9 +79,10 @@ def free_port() -> int:
 class LiveServer:
     """A real `annotate-server` process on 127.0.0.1, stopped by its PID."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60,
+                 scheme: str = "http") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "annotation_server", *args, "--port", str(self.port), "--host", "127.0.0.1"]
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -100,7 +101,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.process.stdout.read() if self.process.stdout else ''}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/info/", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/info/", timeout=2, verify=False).status_code == 200:
                     return time.monotonic() - self.started
             time.sleep(0.2)
         self.stop()
@@ -121,8 +122,8 @@ class LiveServer:
 def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> LiveServer:
-        server = LiveServer(["--data-dir", str(tmp_path / "server-data"), *args], env=env)
+    def start(*args: str, env: dict[str, str] | None = None, scheme: str = "http") -> LiveServer:
+        server = LiveServer(["--data-dir", str(tmp_path / "server-data"), *args], env=env, scheme=scheme)
         servers.append(server)
         return server
 

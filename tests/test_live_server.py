@@ -119,3 +119,20 @@ def test_monailabel_client_runs_the_learned_models(live_server, monailabel_clien
     assert click.geometry.matches(image.geometry) and click.array[tuple(RIGHT_KIDNEY_CLICK)] == 1
     assert 1000 < int(click.array.sum()) < 12_000 and click_params["model"] == "kidney_click"
 
+
+def test_https_for_mitk(live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """MITK's MONAI Label tool only speaks HTTPS: the server serves TLS with a site's certificate."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed, so no test certificate can be made")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    server = live_server("--app", "kidney", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), scheme="https")
+    info = httpx.get(f"{server.url}/info/", verify=False).json()
+    assert info["labels"] == ["kidney", "tumor", "cyst"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{server.port}/info/", timeout=5)
+

@@ -38,8 +38,8 @@ from annotation_server.phantoms import PhantomConfig, Phase, generate_phantom
 class RecipeRun:
     """What a training run needs beyond the loop settings."""
 
-    train_phantoms: int = 120
-    val_phantoms: int = 12
+    train_phantoms: int = 160
+    val_phantoms: int = 10
     batch_size: int = 2
     seed: int = 20261122
     truncate: float = 0.4  # share of phantoms also used as a short scan cutting the kidneys
@@ -411,8 +411,8 @@ def cli(model: str, out_default: Path, steps_default: int) -> None:
     parser.add_argument("--val-phantoms", type=int, default=RecipeRun.val_phantoms)
     parser.add_argument("--batch-size", type=int, default=RecipeRun.batch_size)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--val-every", type=int, default=150)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--val-every", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the shipped run used 1)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     settings = TrainSettings(

@@ -12,4 +12,4 @@ from pathlib import Path
 from annotation_apps.kidney.training import cli
 
 if __name__ == "__main__":
-    cli("kidney_seg", Path(__file__).resolve().parent, steps_default=1500)
+    cli("kidney_seg", Path(__file__).resolve().parent, steps_default=4000)
