@@ -30,7 +30,12 @@ from common import Server
 
 REPO = Path(__file__).resolve().parents[1]
 # Voxels inside the two kidneys of the embedded sample CT (example_ct_sm), in (i, j, k).
+EDGE_CLICK = (88, 38, 8)  # just inside the lateral edge of the right kidney
 KIDNEY_CLICKS = [(81, 38, 8), (34, 37, 9), (78, 40, 12), (36, 35, 6), (84, 36, 5), (31, 39, 12)]
+
+
+def delta_size(answer: dict) -> int:
+    return len(base64.b64decode(answer["delta"]["data"])) if answer.get("delta") else 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -44,12 +49,13 @@ class Annotator:
         response.raise_for_status()
         self.id = response.json()["session_id"]
 
-    def click(self, point: tuple[int, int, int], new_object: bool) -> tuple[float, dict]:
+    def click(self, point: tuple[int, int, int], new_object: bool, positive: bool = True) -> tuple[float, dict]:
         started = time.perf_counter()
         response = self.client.post(
             f"/interactive/sessions/{self.id}/prompt",
-            json={"prompt": {"type": "point", "point": list(point)}, "new_object": new_object},
+            json={"prompt": {"type": "point", "point": list(point), "positive": positive}, "new_object": new_object},
         )
+
         elapsed = time.perf_counter() - started
         response.raise_for_status()
         return elapsed, response.json()
@@ -111,12 +117,15 @@ def main() -> None:
             with httpx.Client(base_url=url, timeout=120) as client:
                 report["server_start_s"] = round(startup_s, 2)
                 first = Annotator(client, args.model)
-                first_click_s, answer = first.click(KIDNEY_CLICKS[0], new_object=True)
-                delta_bytes = len(base64.b64decode(answer["delta"]["data"])) if answer["delta"] else 0
-                full = client.get(f"/interactive/sessions/{first.id}/mask")
-                report["delta_bytes"] = delta_bytes
+                first_click_s, answer = first.click(KIDNEY_CLICKS[1], new_object=True)  # left kidney
+                first.click(KIDNEY_CLICKS[0], new_object=True)  # right kidney: the object now refined
+                # A local edit: a background click at the edge of the right kidney's mask.
+                _, edit = first.click(EDGE_CLICK, new_object=False, positive=False)
+                full = client.get(f"/interactive/sessions/{first.id}/mask")  # what a client would fetch instead
+                report["first_click_delta_bytes"] = delta_size(answer)
+                report["delta_bytes"] = delta_size(edit)
                 report["full_label_bytes"] = len(full.content)
-                report["delta_vs_full"] = round(delta_bytes / max(len(full.content), 1), 4)
+                report["delta_vs_full"] = round(delta_size(edit) / max(len(full.content), 1), 4)
 
                 warm = clicking(client, args.model, args.clicks)
                 p50, p95 = statistics.median(warm), percentile(warm, 95)

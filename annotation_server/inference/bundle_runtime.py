@@ -116,8 +116,16 @@ class BundleRuntime:
             if self.image_key not in key_list or "Load" in str(item.get("_target_", "")):
                 continue
             position = key_list.index(self.image_key)
-            trimmed = {k: (v[position] if isinstance(v, list) and len(v) == len(key_list) and k not in (
-                "pixdim", "labels", "spatial_size", "roi_size") else v) for k, v in item.items()}
+            trimmed = {
+                k: (
+                    v[position]
+                    if isinstance(v, list)
+                    and len(v) == len(key_list)
+                    and k not in ("pixdim", "labels", "spatial_size", "roi_size")
+                    else v
+                )
+                for k, v in item.items()
+            }
             trimmed["keys"] = [self.image_key]
             kept.append(trimmed)
         return ConfigParser({"p": {"_target_": "Compose", "transforms": kept}}).get_parsed_content("p")

@@ -56,16 +56,27 @@ class PreparedImage:
     spacing: tuple[float, float, float]
 
 
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax over the channel axis as uint8. torch.argmax over a leading axis of a 3-D volume is slow on
+    CPU (tens of ms for 64^3, most of a click's overhead); a comparison does the two-class case in ~1 ms."""
+    if logits.shape[0] == 2:
+        return (logits[1] > logits[0]).to(torch.uint8)
+    return torch.argmax(torch.movedim(logits, 0, -1).contiguous(), dim=-1).to(torch.uint8)
+
+
 def _network_box(centre: np.ndarray, patch: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
     starts = [min(max(round(c - p / 2), 0), max(n - p, 0)) for c, p, n in zip(centre, patch, shape, strict=True)]
     return tuple(slice(a, min(a + p, n)) for a, p, n in zip(starts, patch, shape, strict=True))
 
 
-def _back_to_input(pred: np.ndarray, box: tuple[slice, ...], to_network: np.ndarray,
-                   shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+def _back_to_input(
+    pred: np.ndarray, box: tuple[slice, ...], to_network: np.ndarray, shape: tuple[int, ...]
+) -> tuple[tuple[slice, ...], np.ndarray]:
     """The input-grid box the network patch covers, and its labels there (nearest network voxel)."""
-    corners = np.array([[s.start if b == 0 else s.stop - 1 for s, b in zip(box, bits, strict=True)]
-                        for bits in np.ndindex(2, 2, 2)], dtype=float)
+    corners = np.array(
+        [[s.start if b == 0 else s.stop - 1 for s, b in zip(box, bits, strict=True)] for bits in np.ndindex(2, 2, 2)],
+        dtype=float,
+    )
     to_input = np.linalg.inv(to_network)
     mapped = (to_input[:3, :3] @ corners.T).T + to_input[:3, 3]
     lo = np.clip(np.floor(mapped.min(axis=0) - 1), 0, np.asarray(shape) - 1).astype(int)
@@ -171,19 +182,22 @@ class BundleClickTask(BundleTask):
             rounded = np.floor(points - start + 0.5).astype(int)
             return [tuple(int(v) for v in p) for p in rounded if np.all(p >= 0) and np.all(p < size)]
 
-        guidance = torch.from_numpy(render_guidance(self.patch, prepared.spacing, local(fg_net), local(bg_net),
-                                                    self.sigma_mm)).to(runtime.device)
+        guidance = torch.from_numpy(
+            render_guidance(self.patch, prepared.spacing, local(fg_net), local(bg_net), self.sigma_mm)
+        ).to(runtime.device)
         patch = torch.zeros((1, *self.patch), device=runtime.device)
         patch[(slice(None), *(slice(0, n) for n in size))] = prepared.image[(slice(None), *box)]
         logits = runtime.forward_patch(torch.cat([patch, guidance], dim=0))
-        pred = torch.argmax(logits, dim=0)[tuple(slice(0, n) for n in size)].to(torch.uint8).cpu().numpy()
+        pred = channel_argmax(logits)[tuple(slice(0, n) for n in size)].cpu().numpy()
         input_box, local_mask = _back_to_input(pred, box, prepared.to_network, shape)
         offset = np.array([s.start for s in input_box])
-        seeds = [tuple(int(v) for v in np.asarray(p) - offset) for p in foreground
-                 if np.all(np.asarray(p) >= offset) and np.all(np.asarray(p) - offset < local_mask.shape)]
+        seeds = [
+            tuple(int(v) for v in np.asarray(p) - offset)
+            for p in foreground
+            if np.all(np.asarray(p) >= offset) and np.all(np.asarray(p) - offset < local_mask.shape)
+        ]
         local_mask = keep_clicked_components((local_mask == 1).astype(np.uint8), seeds)
         mask = np.zeros(shape, dtype=np.uint8)
         mask[input_box] = local_mask
         segment = params.label or next(iter(self.labels), "object")
-        return InferResult(mask=mask, label_names={segment: 1},
-                           extra={"roi": [[s.start, s.stop] for s in input_box]})
+        return InferResult(mask=mask, label_names={segment: 1}, extra={"roi": [[s.start, s.stop] for s in input_box]})

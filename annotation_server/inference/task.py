@@ -59,6 +59,10 @@ class InferTask(ABC):
     def load(self, device: str) -> None:  # noqa: B027 - optional hook, most classic tools need nothing
         """Load weights onto `device` once at server start (not per request)."""
 
+    def prepare(self, volume: Volume) -> object | None:
+        """Optional per-image work done once when an annotator opens the image (so click 1 is a warm click)."""
+        return None
+
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """One dummy pass at start, so the first real request does not pay for lazy initialisation."""
 

@@ -1,7 +1,8 @@
 """Delta responses: only the box of voxels an interaction changed, compressed.
 
-Codec: the box's label values as uint8 in C order over (i, j, k), compressed with zlib (level 1: fast,
-and label maps compress ~50-200x), sent base64 in JSON. A client applies it with `apply_delta`.
+Codec: the box's label values as uint8 in C order over (i, j, k), compressed with zlib (level 6; a box
+of a few hundred thousand voxels compresses in about a millisecond), sent base64 in JSON. A client
+applies it with `apply_delta`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def encode(region: np.ndarray, offset: tuple[int, ...]) -> dict[str, Any]:
         "dtype": "uint8",
         "order": "C (i, j, k)",
         "codec": CODEC,
-        "data": base64.b64encode(zlib.compress(data.tobytes(), 1)).decode(),
+        "data": base64.b64encode(zlib.compress(data.tobytes(), 6)).decode(),
     }
 
 
