@@ -71,34 +71,21 @@ def clicking(client: httpx.Client, model: str, clicks: int) -> list[float]:
 
 
 def raw_forward_p50(model: str, repeats: int) -> float:
-    """The same model's forward pass on the ROI a click at KIDNEY_CLICKS[0] produces, in this process."""
+    """The same model's forward pass on the patch a click at KIDNEY_CLICKS[0] produces, in this process."""
     from annotation_models import bundle_path
     from annotation_server.imaging import read_volume
-    from annotation_server.inference.bundle_runtime import volume_to_metatensor
-    from annotation_server.inference.click_task import BundleClickTask, crop_volume
-    from annotation_server.inference.guidance import render_guidance, roi_around
+    from annotation_server.inference.click_task import BundleClickTask
 
     task = BundleClickTask(bundle_path(model))
     task.load("cpu")
     volume = read_volume(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
-    point = KIDNEY_CLICKS[0]
-    roi = roi_around([point], volume.geometry.shape, volume.geometry.spacing, task.roi_mm)
-    sub = crop_volume(volume, roi)
-    local = tuple(p - s.start for p, s in zip(point, roi, strict=True))
-    guidance = render_guidance(sub.geometry.shape, volume.geometry.spacing, [local], [], task.sigma_mm)
+    network_input, _, _ = task.network_patch(volume, [KIDNEY_CLICKS[0]], [])
     runtime = task._runtime()
-    data = runtime.preprocess(
-        {
-            "image": volume_to_metatensor(sub.array, sub),
-            "guidance": volume_to_metatensor(guidance, sub, channel_first=True),
-        }
-    )
-    network_input = data[runtime.input_key]
-    runtime.forward(network_input)
+    runtime.forward_patch(network_input)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        runtime.forward(network_input)
+        runtime.forward_patch(network_input)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

@@ -79,8 +79,9 @@ def free_port() -> int:
 class LiveServer:
     """A real `annotate-server` process on 127.0.0.1, stopped by its PID."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60,
-                 scheme: str = "http") -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60, scheme: str = "http"
+    ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "annotation_server", *args, "--port", str(self.port), "--host", "127.0.0.1"]

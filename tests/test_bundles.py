@@ -313,8 +313,11 @@ def test_server_starts_without_a_corrupted_model_and_says_why(tmp_path: Path, sa
         assert client.post("/infer/good_model?image=ct&output=json").status_code == 200
 
 
-@pytest.mark.parametrize("affine", [np.array([[0, -0.9, 0, 50], [-1.1, 0, 0, 20], [0, 0, 4.5, -30], [0, 0, 0, 1]]),
-                                    "oblique"], ids=["permuted", "oblique"])
+@pytest.mark.parametrize(
+    "affine",
+    [np.array([[0, -0.9, 0, 50], [-1.1, 0, 0, 20], [0, 0, 4.5, -30], [0, 0, 0, 1]]), "oblique"],
+    ids=["permuted", "oblique"],
+)
 def test_click_on_permuted_and_oblique_grids(tmp_path: Path, affine) -> None:  # type: ignore[no-untyped-def]
     from annotation_server.imaging import Geometry, Volume
     from annotation_server.inference.click_task import BundleClickTask

@@ -103,8 +103,9 @@ def test_client_sees_errors_and_server_keeps_running(
     assert client.info()["name"].startswith("annotation-server")
 
 
-def test_monailabel_client_runs_the_learned_models(live_server, monailabel_client, studies: Path,
-                                                   tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_monailabel_client_runs_the_learned_models(
+    live_server, monailabel_client, studies: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """Both shipped kidney models through MONAI Label's own client: files come back on the image's grid."""
     server = live_server("--app", "kidney", "--studies", str(studies))
     (tmp_path / "client").mkdir()
@@ -128,11 +129,28 @@ def test_https_for_mitk(live_server, tmp_path: Path) -> None:  # type: ignore[no
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed, so no test certificate can be made")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = live_server("--app", "kidney", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), scheme="https")
     info = httpx.get(f"{server.url}/info/", verify=False).json()
     assert info["labels"] == ["kidney", "tumor", "cyst"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{server.port}/info/", timeout=5)
-

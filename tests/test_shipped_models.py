@@ -19,8 +19,10 @@ from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.click_task import BundleClickTask
 from annotation_server.inference.params import InferParams
 
-CASES = {"ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
-         "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")}
+CASES = {
+    "ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
+    "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+}
 SEG_MIN_DICE = {"ct_sm": 0.84, "ct_full": 0.89}  # measured 0.865 and 0.912 (models/kidney_seg/README.md)
 # Predicted kidney voxels > 20 mm from any true kidney voxel, as a share of the true kidney: measured 0.023 on
 # the kidney-level crop (a sliver of spleen) and 0 on the full-body scan.

@@ -156,6 +156,31 @@ class BundleClickTask(BundleTask):
             foreground = params.extra_points(params.label)
         return foreground, list(params.background)
 
+    def network_patch(
+        self, volume: Volume, foreground: list[Point], background: list[Point]
+    ) -> tuple[torch.Tensor, tuple[slice, ...], PreparedImage]:
+        """The network input for these clicks: one patch of image + guidance, and where it sits."""
+        prepared = self.prepare(volume)
+        device = self._runtime().device
+
+        def to_network(points: list[Point]) -> np.ndarray:
+            array = np.asarray(points, dtype=float).reshape(-1, 3)
+            return (prepared.to_network[:3, :3] @ array.T).T + prepared.to_network[:3, 3]
+
+        fg_net, bg_net = to_network(foreground), to_network(background)
+        box = _network_box(fg_net.mean(axis=0), self.patch, tuple(prepared.image.shape[1:]))
+        start = np.array([b.start for b in box])
+        size = tuple(b.stop - b.start for b in box)
+
+        def local(points: np.ndarray) -> list[tuple[int, int, int]]:
+            rounded = np.floor(points - start + 0.5).astype(int)
+            return [tuple(int(v) for v in p) for p in rounded if np.all(p >= 0) and np.all(p < size)]
+
+        guidance = render_guidance(self.patch, prepared.spacing, local(fg_net), local(bg_net), self.sigma_mm)
+        patch = torch.zeros((1, *self.patch), device=device)
+        patch[(slice(None), *(slice(0, n) for n in size))] = prepared.image[(slice(None), *box)]
+        return torch.cat([patch, torch.from_numpy(guidance).to(device)], dim=0), box, prepared
+
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
         foreground, background = self._clicks(params)
         if not foreground:
@@ -165,29 +190,9 @@ class BundleClickTask(BundleTask):
         shape = volume.geometry.shape
         check_points(foreground, shape, "foreground")
         check_points(background, shape, "background")
-        prepared = self.prepare(volume)
-        runtime = self._runtime()
-
-        def to_network(points: list[Point]) -> np.ndarray:
-            array = np.asarray(points, dtype=float).reshape(-1, 3)
-            return (prepared.to_network[:3, :3] @ array.T).T + prepared.to_network[:3, 3]
-
-        fg_net, bg_net = to_network(foreground), to_network(background)
-        network_shape = tuple(prepared.image.shape[1:])
-        box = _network_box(fg_net.mean(axis=0), self.patch, network_shape)
-        start = np.array([b.start for b in box])
+        network_input, box, prepared = self.network_patch(volume, foreground, background)
+        logits = self._runtime().forward_patch(network_input)
         size = tuple(b.stop - b.start for b in box)
-
-        def local(points: np.ndarray) -> list[tuple[int, int, int]]:
-            rounded = np.floor(points - start + 0.5).astype(int)
-            return [tuple(int(v) for v in p) for p in rounded if np.all(p >= 0) and np.all(p < size)]
-
-        guidance = torch.from_numpy(
-            render_guidance(self.patch, prepared.spacing, local(fg_net), local(bg_net), self.sigma_mm)
-        ).to(runtime.device)
-        patch = torch.zeros((1, *self.patch), device=runtime.device)
-        patch[(slice(None), *(slice(0, n) for n in size))] = prepared.image[(slice(None), *box)]
-        logits = runtime.forward_patch(torch.cat([patch, guidance], dim=0))
         pred = channel_argmax(logits)[tuple(slice(0, n) for n in size)].cpu().numpy()
         input_box, local_mask = _back_to_input(pred, box, prepared.to_network, shape)
         offset = np.array([s.start for s in input_box])
