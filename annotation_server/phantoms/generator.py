@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from annotation_server.imaging.volume import Geometry
 from annotation_server.phantoms import acquisition
 from annotation_server.phantoms.anatomy import Patient, sample_patient
 from annotation_server.phantoms.artifacts import apply_ood
@@ -46,12 +47,16 @@ class Phantom:
     tissue: np.ndarray | None = None
 
     @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.image.shape, self.affine)  # type: ignore[arg-type]
+
+    @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        return self.geometry.spacing
 
     @property
     def axcodes(self) -> str:
-        return "".join(nib.aff2axcodes(self.affine))
+        return self.geometry.axcodes
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
