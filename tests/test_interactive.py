@@ -286,3 +286,15 @@ def test_delta_is_small_for_a_local_edit(client) -> None:  # type: ignore[no-unt
     delta_bytes = len(base64.b64decode(answer["delta"]["data"]))
     full = io.BytesIO(client.get(f"/interactive/sessions/{viewer.id}/mask").content).getbuffer().nbytes
     assert delta_bytes < 0.1 * full
+
+
+def test_image_deleted_on_disk_under_an_open_session_is_404(client, studies: Path) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client, image="phantom_b")
+    viewer.point((5, 5, 5))
+    client.app.state.services.inference.cache.clear()
+    (studies / "phantom_b.nii.gz").unlink()
+    response = client.post(
+        f"/interactive/sessions/{viewer.id}/prompt", json={"prompt": {"type": "point", "point": [6, 6, 6]}}
+    )
+    assert response.status_code == 404 and "rescan" in response.json()["detail"]
+    assert client.get("/info/").status_code == 200

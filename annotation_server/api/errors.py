@@ -61,7 +61,21 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _missing_file(request: Request, exc: Exception) -> JSONResponse:
+    """A file that vanished under a request (an image deleted on disk while a session had it open)."""
+    name = getattr(exc, "filename", None) or str(exc)
+    logger.warning("%s %s -> 404: file missing: %s", request.method, request.url.path, name)
+    return JSONResponse(
+        {
+            "detail": f"file not found on the server: {name}; POST /datastore/rescan if studies "
+            "changed on disk, then reopen the image"
+        },
+        status_code=404,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     for kind, _ in STATUS_BY_ERROR:
         app.add_exception_handler(kind, _domain_error)
+    app.add_exception_handler(FileNotFoundError, _missing_file)
     app.add_exception_handler(Exception, _unexpected_error)
