@@ -192,9 +192,6 @@ class LocalDatastore:
             )
         return record
 
-    def has_image(self, image_id: str) -> bool:
-        return self.index.get_image(image_id) is not None
-
     def image_path(self, image_id: str) -> Path:
         record = self.get_image(image_id)
         path = self.root / record.relpath

@@ -78,7 +78,3 @@ def _study_from_entry(root: Path, entry: os.DirEntry[str], known_dicom_dirs: set
         logger.warning("skipping %r: its name is not a valid image id", entry.name)
         return None
     return DiscoveredStudy(stem, entry.name, ext, entry.name, "file", stat.st_size, stat.st_mtime)
-
-
-def study_relpath(root: Path, path: Path) -> str:
-    return str(path.relative_to(root))

@@ -13,7 +13,6 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 ITK_EXTENSIONS = (".seg.nrrd", ".nrrd", ".mha")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 _ALL_KNOWN = sorted({*IMAGE_EXTENSIONS, *LABEL_EXTENSIONS}, key=len, reverse=True)
 
 
@@ -35,11 +34,3 @@ def split_extension(filename: str, allowed: tuple[str, ...] | None = None) -> tu
             return name[: -len(ext)], ext
     supported = ", ".join(candidates)
     raise UnsupportedFormatError(f"'{name}' is not a supported file type; use one of: {supported}")
-
-
-def has_supported_extension(filename: str, allowed: tuple[str, ...]) -> bool:
-    try:
-        split_extension(filename, allowed)
-    except UnsupportedFormatError:
-        return False
-    return True

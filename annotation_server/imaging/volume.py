@@ -71,17 +71,6 @@ class Volume:
         if tuple(self.array.shape) != self.geometry.shape:
             raise ValueError(f"array shape {self.array.shape} differs from geometry shape {self.geometry.shape}")
 
-    @classmethod
-    def from_array(cls, array: np.ndarray, affine: np.ndarray | None = None, **kwargs: Any) -> Volume:
-        affine = np.eye(4) if affine is None else affine
-        return cls(array=array, geometry=Geometry(array.shape, affine), **kwargs)  # type: ignore[arg-type]
-
-    def like(self, array: np.ndarray) -> Volume:
-        """A new volume on this volume's grid (same geometry, header and meta), e.g. a label for this image."""
-        return Volume(
-            array=array, geometry=self.geometry, source_format=self.source_format, header=self.header, meta=self.meta
-        )
-
     @property
     def nbytes(self) -> int:
         return int(self.array.nbytes)

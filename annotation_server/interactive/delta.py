@@ -16,19 +16,6 @@ import numpy as np
 CODEC = "zlib"
 
 
-def changed_box(before: np.ndarray, after: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Smallest box holding every voxel that differs, or None when nothing changed."""
-    diff = before != after
-    if not diff.any():
-        return None
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.nonzero(diff.any(axis=others))[0]
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return box[0], box[1], box[2]
-
-
 def encode(region: np.ndarray, offset: tuple[int, ...]) -> dict[str, Any]:
     data = np.ascontiguousarray(region.astype(np.uint8))
     return {

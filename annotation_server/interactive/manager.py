@@ -32,11 +32,6 @@ class SessionManager:
         self.evictions = 0
         self.restores = 0
 
-    @property
-    def live_bytes(self) -> int:
-        with self._lock:
-            return sum(s.nbytes for s in self._live.values())
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._live) + len(self._spilled)
