@@ -7,9 +7,10 @@ index and labels next to the studies as it does for any site's own folder.
 from __future__ import annotations
 
 import logging
-import shutil
 from importlib.resources import as_file, files
 from pathlib import Path
+
+from annotation_server.datastore.atomic import atomic_copy
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ def ensure_sample_studies(target: Path) -> Path:
         if destination.exists():
             continue
         with as_file(package / name) as source:
-            temp = destination.with_name(f".{name}.tmp")
-            shutil.copyfile(source, temp)
-            temp.replace(destination)
+            atomic_copy(Path(source), destination)
         logger.info("sample study %s copied to %s", name, target)
     return target

@@ -60,6 +60,24 @@ def atomic_copy(source: Path, target: Path) -> Path:
     return target
 
 
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to `target` so that `target` is never seen half-written (readable by all by default)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(target)
+    try:
+        with open(temp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(temp, mode)  # mkstemp creates files 0600
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
 def atomic_link(source: Path, target: Path) -> Path:
     """Make `target` name the same bytes as `source` (a hard link, or a copy where links are not possible)."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from annotation_server.datastore.atomic import atomic_write_bytes
 from annotation_server.errors import NotFoundError
 from annotation_server.interactive.session import InteractiveSession
 
@@ -107,11 +108,9 @@ class SessionManager:
             self._spill(session)
 
     def _spill(self, session: InteractiveSession) -> None:
-        path = self.spill_dir / f"{session.id}.pickle"
-        temp = path.with_suffix(".tmp")
-        with temp.open("wb") as fh:
-            pickle.dump(session, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        temp.replace(path)
+        path = atomic_write_bytes(
+            self.spill_dir / f"{session.id}.pickle", pickle.dumps(session, protocol=pickle.HIGHEST_PROTOCOL), mode=0o600
+        )
         self._live.pop(session.id)
         self._spilled[session.id] = (path, session.image_id, session.last_used_ts)
         self.evictions += 1

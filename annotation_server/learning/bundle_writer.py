@@ -6,15 +6,15 @@ serving cannot drift apart; the weights' sha256 goes into metadata.json, which t
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from annotation_server.checksums import file_sha256
+from annotation_server.datastore.atomic import atomic_write_bytes
 from annotation_server.inference.bundle import OUR_KEY
 
 
@@ -36,17 +36,6 @@ def inference_config(
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(temp, 0o644)  # shipped files are world-readable (mkstemp creates them 0600)
-    os.replace(temp, path)
-
-
 def write_bundle(
     root: Path,
     config: dict[str, Any],
@@ -56,14 +45,11 @@ def write_bundle(
 ) -> str:
     """Write configs and weights under `root`; returns the weights' sha256 (also stored in metadata)."""
     weights = root / "models" / "model.pt"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".model.pt.", dir=weights.parent)
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, temp)
-    os.chmod(temp, 0o644)
-    os.replace(temp, weights)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    atomic_write_bytes(weights, buffer.getvalue())
     sha = file_sha256(weights)
     document = {**metadata, OUR_KEY: {**metadata.get(OUR_KEY, {}), **(extras or {}), "model_sha256": sha}}
-    _atomic_write_bytes(root / "configs" / "inference.json", json.dumps(config, indent=2).encode())
-    _atomic_write_bytes(root / "configs" / "metadata.json", json.dumps(document, indent=2).encode())
+    atomic_write_bytes(root / "configs" / "inference.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(root / "configs" / "metadata.json", json.dumps(document, indent=2).encode())
     return sha

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from annotation_server.datastore.atomic import atomic_write_bytes
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.imaging import read_volume
 from annotation_server.imaging.formats import basename
@@ -111,9 +112,7 @@ class SessionStore:
         return image_dir
 
     def _write(self, folder: Path, info: SessionInfo) -> None:
-        temp = folder / f".{_RECORD}.tmp"
-        temp.write_text(info.model_dump_json())
-        temp.replace(folder / _RECORD)
+        atomic_write_bytes(folder / _RECORD, info.model_dump_json().encode())
 
     def get(self, session_id: str, update_ts: bool = False) -> SessionInfo:
         folder = self._folder(session_id)

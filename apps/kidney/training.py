@@ -23,6 +23,7 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from annotation_apps.kidney import recipes
+from annotation_server.evaluation.clicks import dice
 from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.click_task import crop_volume
@@ -93,12 +94,6 @@ def _volume(image: np.ndarray, affine: np.ndarray) -> Volume:
     return Volume(array=image, geometry=Geometry(image.shape, affine))
 
 
-def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    inter = float((pred & truth).sum())
-    total = float(pred.sum() + truth.sum())
-    return 1.0 if total == 0 else 2 * inter / total
-
-
 # ------------------------------------------------------------------------------------------------ kidney_seg
 def seg_samples(seeds: range, config: PhantomConfig | None, truncate: float = 0.0) -> list[dict[str, Any]]:
     """Preprocessed phantoms; a `truncate` fraction are also added as short scans cutting the kidneys."""
@@ -128,7 +123,7 @@ def seg_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module], 
                 sample["image"][None].to(device), recipes.SEG_PATCH, 2, network, overlap=0.25
             )
             pred = torch.argmax(logits, dim=1)[0].cpu() > 0
-            scores.append(_dice(pred, torch.as_tensor(sample["label"][0]) > 0))
+            scores.append(dice(pred.numpy(), np.asarray(sample["label"][0]) > 0))
         return float(np.mean(scores))
 
     return validate
@@ -325,7 +320,7 @@ def click_validator(samples: list[dict[str, Any]]) -> Callable[[torch.nn.Module]
             inputs = torch.cat([sample["image"], sample["guidance"]], dim=0)[None].to(device)
             logits = sliding_window_inference(inputs, recipes.CLICK_PATCH, 1, network, overlap=0.25)
             pred = torch.argmax(logits, dim=1)[0].cpu() > 0
-            scores.append(_dice(pred, torch.as_tensor(sample["label"][0]) > 0))
+            scores.append(dice(pred.numpy(), np.asarray(sample["label"][0]) > 0))
         return float(np.mean(scores))
 
     return validate
