@@ -26,6 +26,8 @@ from annotation_server.inference.bundle import Bundle
 logger = logging.getLogger(__name__)
 
 _FILE_IO = (LoadImage, LoadImaged, SaveImage, SaveImaged)
+# Options MONAI dictionary transforms take one value per key (e.g. Spacingd's mode=["bilinear", "nearest"]).
+_PER_KEY_OPTIONS = frozenset({"mode", "padding_mode", "align_corners", "dtype", "allow_missing_keys"})
 
 
 def volume_to_metatensor(array: np.ndarray, volume: Volume, channel_first: bool = False) -> MetaTensor:
@@ -117,14 +119,7 @@ class BundleRuntime:
                 continue
             position = key_list.index(self.image_key)
             trimmed = {
-                k: (
-                    v[position]
-                    if isinstance(v, list)
-                    and len(v) == len(key_list)
-                    and k not in ("pixdim", "labels", "spatial_size", "roi_size")
-                    else v
-                )
-                for k, v in item.items()
+                k: v[position] if k in _PER_KEY_OPTIONS and isinstance(v, list | tuple) else v for k, v in item.items()
             }
             trimmed["keys"] = [self.image_key]
             kept.append(trimmed)

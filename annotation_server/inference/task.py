@@ -72,4 +72,4 @@ class InferTask(ABC):
 
     @abstractmethod
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
-        """Run on `volume`; must return a mask with `volume.array.shape`."""
+        """Run on `volume`; must return a new mask with `volume.array.shape` (callers may edit it in place)."""
