@@ -233,6 +233,11 @@ def test_eviction_spills_to_disk_and_restores_everything(tmp_path: Path, studies
         assert manager.restores >= 1
         listing = http.get("/interactive/sessions").json()
         assert len(listing) == 4
+        spilled = [s for s in listing if not s["in_memory"]]
+        damaged = manager.spill_dir / f"{spilled[0]['session_id']}.pickle"
+        damaged.write_bytes(b"not a session")
+        response = http.post(f"/interactive/sessions/{spilled[0]['session_id']}/undo")
+        assert response.status_code == 404 and "could not be restored" in response.json()["detail"]
 
 
 class SlowCube(CubeTask):

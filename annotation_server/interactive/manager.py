@@ -52,8 +52,15 @@ class SessionManager:
             if spilled is None:
                 raise NotFoundError(f"interactive session '{session_id}' not found (closed or expired)")
             path = spilled[0]
-            with path.open("rb") as fh:
-                session = pickle.load(fh)  # our own file, written by _spill
+            try:
+                with path.open("rb") as fh:
+                    session = pickle.load(fh)  # our own file, written by _spill
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                logger.error("session %s could not be restored from %s: %s", session_id, path, exc)
+                raise NotFoundError(
+                    f"interactive session '{session_id}' could not be restored from disk ({type(exc).__name__}); "
+                    "open a new session (labels already saved are in the datastore)"
+                ) from exc
             path.unlink(missing_ok=True)
             self.restores += 1
             self._live[session_id] = session
