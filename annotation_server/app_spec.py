@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from annotation_server.errors import NotFoundError
+from annotation_server.federated.config import FederatedConfig
 from annotation_server.inference.task import InferTask
+from annotation_server.learning.finetune import FineTuneRecipe
 from annotation_server.learning.strategies import Strategy
 
 ENTRY_POINT_GROUP = "annotation_server.apps"
@@ -43,6 +45,10 @@ class AppSpec:
     labels: Mapping[str, int]
     models: Sequence[InferTask | ModelSource]
     strategies: Mapping[str, Strategy] = field(default_factory=dict)
+    # How each trainable model is fine-tuned on the site's labels (POST /train/{model}, `annotate-server train`).
+    trainers: Mapping[str, FineTuneRecipe] = field(default_factory=dict)
+    # How the site's federated training queue admits labels (review step) and the federated job's options.
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:

@@ -2,12 +2,15 @@
 
 annotate-server --app kidney [--studies DIR] [--host H] [--port P]
 annotate-server models list --app kidney [--json]
+annotate-server models versions kidney_seg | promote kidney_seg 3 | rollback kidney_seg [--to 2]
+annotate-server train --app kidney --studies DIR --model kidney_seg [--max-epochs N]
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,10 +21,12 @@ from rich.table import Table
 
 from annotation_server import __version__
 from annotation_server.errors import AnnotationServerError
+from annotation_server.federated.cli import fl_app
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
+cli.add_typer(fl_app, name="fl")
 console = Console(stderr=True, soft_wrap=True)
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
@@ -140,6 +145,139 @@ def models_list(
             json.dumps(row["labels"]),
         )
     Console().print(table)
+
+
+DataDirOption = Annotated[Path | None, typer.Option(help="Per-user data folder holding the model registry")]
+
+
+def _registry(app: str | None, data_dir: Path | None) -> Any:
+    from annotation_server.registry import ModelRegistry
+
+    settings = _settings(app=app, data_dir=data_dir)
+    spec = _load_app_or_exit(settings.app)
+    return ModelRegistry(settings.registry_dir(spec.name))
+
+
+def _or_exit(action: Any) -> Any:
+    try:
+        return action()
+    except AnnotationServerError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@models_cli.command("versions")
+def models_versions(
+    model: Annotated[str, typer.Argument(help="model name, e.g. kidney_seg")],
+    app: AppOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """A model's versions at this site: which serves, where each came from, its validation Dice."""
+    registry = _registry(app, data_dir)
+    versions = registry.versions(model)
+    if as_json:
+        typer.echo(json.dumps([v.model_dump() for v in versions], indent=2))
+        return
+    if not versions:
+        console.print(f"model '{model}' has no versions yet (they are registered when the server first starts)")
+        raise typer.Exit(1)
+    table = Table(title=f"versions of {model} ({registry.root})")
+    for column in ("version", "status", "source", "val Dice", "serving Dice then", "created", "note"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            str(v.version),
+            f"[green]{v.status}[/green]" if v.status == "serving" else v.status,
+            v.source,
+            str(v.metrics.get("val_dice", "-")),
+            str(v.metrics.get("serving_val_dice", "-")),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_ts)),
+            v.note,
+        )
+    Console().print(table)
+
+
+@models_cli.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[int, typer.Argument(help="version number to serve")],
+    app: AppOption = None,
+    data_dir: DataDirOption = None,
+    reason: Annotated[str, typer.Option(help="why (kept in the registry's log)")] = "promoted from the command line",
+) -> None:
+    """Serve a version. A running server switches to it within seconds, without a restart."""
+    registry = _registry(app, data_dir)
+    promoted = _or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
+    typer.echo(f"{promoted.label} is now serving")
+
+
+@models_cli.command("rollback")
+def models_rollback(
+    model: Annotated[str, typer.Argument(help="model name")],
+    to: Annotated[int | None, typer.Option(help="version to serve (default: the one that served before)")] = None,
+    app: AppOption = None,
+    data_dir: DataDirOption = None,
+    reason: Annotated[str, typer.Option(help="why (kept in the registry's log)")] = "rolled back from the command line",
+) -> None:
+    """Serve the previous version again. A running server switches within seconds."""
+    registry = _registry(app, data_dir)
+    restored = _or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
+    typer.echo(f"{restored.label} is now serving")
+
+
+@cli.command("train")
+def train_command(
+    studies: Annotated[Path, typer.Option(help="Folder of studies whose 'final' labels to train on")],
+    model: Annotated[str | None, typer.Option(help="model to fine-tune (default: the app's first trainable)")] = None,
+    app: AppOption = None,
+    data_dir: DataDirOption = None,
+    max_epochs: Annotated[int, typer.Option(help="passes over the training labels")] = 20,
+    steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --max-epochs)")] = None,
+    val_split: Annotated[float, typer.Option(help="share of labeled images held out for validation")] = 0.2,
+    learning_rate: Annotated[float, typer.Option(help="peak learning rate")] = 5e-4,
+    min_improvement: Annotated[float, typer.Option(help="Dice the new version must gain to be promoted")] = 0.0,
+    promote: Annotated[bool, typer.Option(help="promote when the gate passes")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+) -> None:
+    """Fine-tune from the serving version on all 'final' labels; the result is a new version (with its
+    training curve), promoted only if the gate passes. The same job as POST /train/{model}."""
+    from annotation_server.datastore import LocalDatastore
+    from annotation_server.learning.finetune import FineTuneParams, fine_tune, labeled_images, split
+    from annotation_server.learning.reporting import progress_bar
+
+    settings = _settings(app=app, data_dir=data_dir)
+    spec = _load_app_or_exit(settings.app)
+    chosen = model or next(iter(spec.trainers), None)
+    if chosen is None:
+        console.print(f"[red]error:[/red] app '{spec.name}' has no trainable models")
+        raise typer.Exit(2)
+    if not studies.is_dir():
+        console.print(f"[red]error:[/red] studies folder '{studies}' does not exist")
+        raise typer.Exit(2)
+    registry = _registry(app, data_dir)
+    source = next((m for m in spec.models if m.name == chosen), None)
+    if source is not None and hasattr(source, "path") and registry.serving(chosen) is None:
+        _or_exit(lambda: registry.ensure_registered(chosen, Path(source.path)))
+    store = LocalDatastore(studies)
+    store.rescan()
+    items = labeled_images(store)
+    params = FineTuneParams(
+        max_epochs=max_epochs,
+        steps=steps,
+        val_split=val_split,
+        learning_rate=learning_rate,
+        min_improvement=min_improvement,
+        auto_promote=promote,
+        device=device,
+    )
+    train_items, _ = _or_exit(lambda: split(items, val_split))
+    with progress_bar(f"{chosen} on {len(train_items)} labels", params.total_steps(len(train_items))) as progress:
+        outcome = _or_exit(lambda: fine_tune(dict(spec.trainers), chosen, items, registry, params, progress))
+    store.close()
+    verdict = "promoted, now serving" if outcome.promoted else f"kept as a candidate ({outcome.gate.reason})"
+    console.print(f"{outcome.version.label}: {verdict}; curve {Path(outcome.version.path) / 'training_curve.png'}")
+    typer.echo(outcome.model_dump_json(indent=1))
 
 
 def main() -> None:

@@ -36,6 +36,10 @@ class ConflictError(AnnotationServerError):
     """The request conflicts with the current state (e.g. an image id that already exists)."""
 
 
+class AlreadyRunningError(ConflictError):
+    """A one-at-a-time job (training, scoring) is already running; MONAI Label answers this with 429."""
+
+
 class BusyError(AnnotationServerError):
     """The server is at capacity for this kind of work; the client should retry later."""
 

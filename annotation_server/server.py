@@ -17,10 +17,25 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
-from annotation_server.api import activelearning, datastore, health, infer, info, interactive, logs, model, session
+from annotation_server.api import (
+    activelearning,
+    datastore,
+    federated,
+    health,
+    infer,
+    info,
+    interactive,
+    logs,
+    model,
+    scoring,
+    session,
+    train,
+    versions,
+)
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.app_spec import AppSpec, build_models, load_app
 from annotation_server.datastore import LocalDatastore
+from annotation_server.federated import attach_federated_queue
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -29,9 +44,16 @@ from annotation_server.inference.task import InferTask
 from annotation_server.interactive.manager import SessionManager
 from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
+from annotation_server.learning.jobs import TrainingJobs
+from annotation_server.learning.score_cache import ScoreCache
+from annotation_server.learning.scoring import ScoringService
 from annotation_server.learning.strategies import builtin_strategies
+from annotation_server.learning.uncertainty import default_scorers
+from annotation_server.learning.uncertainty_strategies import uncertainty_strategies
 from annotation_server.logging_setup import attach_file_log, detach_file_log
 from annotation_server.metrics import Metrics, install_request_metrics
+from annotation_server.registry import ModelRegistry
+from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
 from annotation_server.services import Services
 from annotation_server.sessions import SessionStore
@@ -49,6 +71,10 @@ ROUTERS = (
     logs.router,
     health.router,
     interactive.router,
+    federated.router,
+    train.router,
+    versions.router,
+    scoring.router,
 )
 
 
@@ -59,13 +85,26 @@ def resolve_studies(settings: Settings) -> Path:
     return ensure_sample_studies(settings.sample_studies_dir)
 
 
-def load_models(settings: Settings, app_spec: AppSpec, device: str) -> tuple[dict[str, InferTask], dict[str, str]]:
-    """Build and load every model (the app's plus `--model-dir` bundles); a broken one is skipped with its reason."""
+def load_models(
+    settings: Settings, app_spec: AppSpec, device: str, registry: ModelRegistry
+) -> tuple[dict[str, InferTask], dict[str, str], dict[str, BundleModel]]:
+    """Build and load every model (the app's plus `--model-dir` bundles); a broken one is skipped with its reason.
+
+    Bundles are served at the version the registry says (the shipped one until a site trains or imports a
+    better one); the registry-backed sources are returned so the server can swap versions later.
+    """
     extra = [BundleModel(path=p, name=Path(p).name) for p in settings.model_dirs]
-    tasks, failed = build_models(replace(app_spec, models=[*app_spec.models, *extra]))
+    declared = [*app_spec.models, *extra]
+    bundles, failed = register_sources(registry, [m for m in declared if isinstance(m, BundleModel)])
+    models = [bundles.get(m.name, m) for m in declared if m.name not in failed]
+    tasks, build_failed = build_models(replace(app_spec, models=models))
+    failed.update(build_failed)
     loaded: dict[str, InferTask] = {}
     for task in tasks:
         try:
+            if task.name in bundles:
+                serving = registry.serving(task.name)
+                task.version = str(serving.version) if serving else task.version
             task.load(device)
             task.warmup()
         except Exception as exc:
@@ -74,7 +113,7 @@ def load_models(settings: Settings, app_spec: AppSpec, device: str) -> tuple[dic
         loaded[task.name] = task
     for name, reason in failed.items():
         logger.error("model %s not served: %s", name, reason)
-    return loaded, failed
+    return loaded, failed, {name: source for name, source in bundles.items() if name in loaded}
 
 
 def default_click_model(tasks: dict[str, InferTask]) -> str | None:
@@ -90,7 +129,8 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = LocalDatastore(studies)
     store.rescan()
     device, device_names = detect_device()
-    tasks, failed = load_models(settings, app_spec, device)
+    registry = ModelRegistry(settings.registry_dir(app_spec.name))
+    tasks, failed, bundle_sources = load_models(settings, app_spec, device, registry)
     inference = InferenceService(
         tasks=tasks,
         cache=VolumeCache(settings.cache_mb << 20),
@@ -99,7 +139,18 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         workers=settings.infer_workers,
         max_pending=settings.infer_queue_size,
     )
-    strategies = {**builtin_strategies(), **app_spec.strategies}
+    fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
+    inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
+    serving = ServingModels(registry, bundle_sources, inference, device)
+    scoring_service = ScoringService(
+        store,
+        lambda: inference.tasks,  # looked up on every use: a hot-swapped model version is scored afresh
+        default_scorers(settings.scoring_samples),
+        ScoreCache(store.state_dir / "scores.sqlite"),
+        model=settings.scoring_model,
+        threads=settings.scoring_threads,
+    )
+    strategies = {**builtin_strategies(), **uncertainty_strategies(scoring_service), **app_spec.strategies}
     interactive = InteractiveService(
         SessionManager(
             settings.data_dir / "interactive" / "spill", settings.session_memory_mb << 20, settings.session_expiry_s
@@ -117,6 +168,18 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
         active_learning=ActiveLearningService(strategies, store, interactive.manager.locked_images),
         interactive=interactive,
+        registry=registry,
+        serving=serving,
+        training=TrainingJobs(
+            settings.train_jobs_dir,
+            settings.app,
+            registry.root,
+            [name for name in app_spec.trainers if name in bundle_sources],
+            on_finished=lambda job: serving.sync(job.model),
+        ),
+        scoring=scoring_service,
+        fl_queue=fl_queue,
+        preannotations=preannotations,
         device=device,
         device_names=device_names,
         failed_models=failed,
@@ -166,6 +229,8 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
             asyncio.create_task(_every(60, services.sessions.purge_expired)),
             asyncio.create_task(_every(60, services.interactive.manager.purge_expired)),
         ]
+        if settings.model_sync_interval_s > 0:
+            tasks.append(asyncio.create_task(_every(settings.model_sync_interval_s, services.serving.sync)))
         if settings.rescan_interval_s > 0:
             tasks.append(asyncio.create_task(_every(settings.rescan_interval_s, services.datastore.rescan)))
         summary = startup_summary(services)

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 
 from annotation_server.app_spec import AppSpec
 from annotation_server.datastore import Datastore
+from annotation_server.federated.preannotations import PreannotationStore
+from annotation_server.federated.queue import FederatedQueue
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
+from annotation_server.learning.jobs import TrainingJobs
+from annotation_server.learning.scoring import ScoringService
+from annotation_server.registry import ModelRegistry
+from annotation_server.registry.serving import ServingModels
 from annotation_server.sessions import SessionStore
 from annotation_server.settings import Settings
 
@@ -26,11 +32,21 @@ class Services:
     sessions: SessionStore
     active_learning: ActiveLearningService
     interactive: InteractiveService
+    registry: ModelRegistry
+    serving: ServingModels
+    training: TrainingJobs
+    scoring: ScoringService
+    fl_queue: FederatedQueue
+    preannotations: PreannotationStore
     device: str
     device_names: list[str]
     failed_models: dict[str, str] = field(default_factory=dict)
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:
+        self.scoring.close()
+        self.training.close()
         self.inference.close()
+        self.preannotations.close()
+        self.fl_queue.close()
         self.datastore.close()

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         2048, ge=1, description="Memory for interactive sessions; least recently used ones beyond it go to disk"
     )
     rescan_interval_s: float = Field(30.0, ge=0, description="Seconds between scans for new studies (0 = off)")
+    model_sync_interval_s: float = Field(
+        5.0, ge=0, description="Seconds between checks for a new serving model version (promoted by CLI; 0 = off)"
+    )
+    scoring_model: str | None = Field(
+        None, description="Model the epistemic/tta strategies score with (default: the first segmentation bundle)"
+    )
+    scoring_samples: int = Field(8, ge=1, le=64, description="Monte-Carlo dropout passes per image (epistemic)")
+    scoring_threads: int = Field(1, ge=1, description="Torch threads of the background scoring thread")
     ssl_certfile: Path | None = Field(None, description="TLS certificate (MITK only speaks HTTPS)")
     ssl_keyfile: Path | None = Field(None, description="TLS private key")
 
@@ -58,6 +66,14 @@ class Settings(BaseSettings):
     @property
     def session_dir(self) -> Path:
         return self.data_dir / "sessions"
+
+    def registry_dir(self, app: str) -> Path:
+        """Model versions of one app at this site (see annotation_server.registry)."""
+        return self.data_dir / "registry" / app
+
+    @property
+    def train_jobs_dir(self) -> Path:
+        return self.data_dir / "train_jobs"
 
     @property
     def sample_studies_dir(self) -> Path:

@@ -303,3 +303,24 @@ def test_image_deleted_on_disk_under_an_open_session_is_404(client, studies: Pat
     )
     assert response.status_code == 404 and "rescan" in response.json()["detail"]
     assert client.get("/info/").status_code == 200
+
+
+def test_delta_covers_only_the_voxels_a_refinement_altered() -> None:
+    """A click that moves one edge of a big object sends that edge's box, not the object's whole box."""
+    from annotation_server.interactive.service import changed_voxels_box
+    from annotation_server.interactive.session import Change
+
+    box = (slice(10, 40), slice(5, 35), slice(0, 20))
+    before = np.zeros((30, 30, 20), np.uint8)
+    before[2:28, 2:28, 2:18] = 1
+    after = before.copy()
+    after[20:28, 2:10, 2:5] = 0  # a background click trimmed one corner
+    tight = changed_voxels_box(Change(box, before, after, None, None, "point"))
+    assert tight == (slice(30, 38), slice(7, 15), slice(2, 5))
+    client = np.zeros((50, 50, 30), np.uint8)
+    client[box] = before
+    server = client.copy()
+    server[box] = after
+    client[tight] = server[tight]  # what apply_delta does with the answer
+    assert np.array_equal(client, server)
+    assert changed_voxels_box(Change(box, before, before.copy(), None, None, "point")) is None

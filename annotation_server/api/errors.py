@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from annotation_server.errors import (
+    AlreadyRunningError,
     BusyError,
     ConflictError,
     InvalidRequestError,
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
+    (AlreadyRunningError, 429),
     (UnsupportedFormatError, 415),
     (ConflictError, 409),
     (BusyError, 503),

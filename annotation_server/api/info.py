@@ -13,6 +13,9 @@ from annotation_server.services import Services
 
 router = CompatRouter(tags=["info"])
 
+# Defaults 3D Slicer shows in its training options (lists become dropdowns, the first item chosen).
+_TRAIN_CONFIG = {"max_epochs": 20, "val_split": 0.2, "train_batch_size": 2, "learning_rate": 5e-4, "device": ["cpu"]}
+
 
 @router.get("/info/", response_model=InfoResponse, summary="App, models, strategies and datastore summary")
 def info(services: Services = Depends(get_services)) -> InfoResponse:
@@ -35,11 +38,18 @@ def info(services: Services = Depends(get_services)) -> InfoResponse:
         labels=[name for name, _ in foreground_labels(dict(app.labels))],
         models=models,
         strategies={k: StrategyDescription(**v) for k, v in services.active_learning.describe().items()},
+        trainers={
+            name: {"description": f"fine-tune {name} on this site's 'final' labels", "config": _TRAIN_CONFIG}
+            for name in services.training.trainable
+        },
+        train_stats=services.training.stats(),
+        scoring=services.scoring.describe(),
         datastore=services.datastore.stats(),
         server={
             "app": app.name,
             "app_version": app.version,
             "device": services.device,
             "failed_models": services.failed_models,
+            "serving_versions": {name: services.serving.serving_version(name) for name in services.serving.sources},
         },
     )

@@ -309,6 +309,16 @@ class DatastoreIndex:
         label_tags = {r["tag"]: int(r["n"]) for r in tag_rows}
         return DatastoreStats(total=total, completed=label_tags.get("final", 0), label_tags=label_tags)
 
+    def unlabeled_ids(self, tag: str = "final", exclude: Sequence[str] = ()) -> list[str]:
+        """Ids of images without a head label under `tag`, sorted (what uncertainty strategies rank)."""
+        rows = self._query(
+            "SELECT i.id FROM images i WHERE NOT EXISTS "
+            "(SELECT 1 FROM label_heads h WHERE h.image_id = i.id AND h.tag = ?) ORDER BY i.id",
+            (tag,),
+        )
+        excluded = set(exclude)
+        return [r["id"] for r in rows if r["id"] not in excluded]
+
     def first_unlabeled(self, descending: bool = False, tag: str = "final", exclude: Sequence[str] = ()) -> str | None:
         order = "DESC" if descending else "ASC"
         placeholders = ",".join("?" for _ in exclude)

@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class LocalDatastore:
         self.index = DatastoreIndex(self.state_dir / "index.sqlite")
         self._write_lock = threading.Lock()
         self._scan_lock = threading.Lock()
+        # Called with (saved version, its voxels on the image grid) after every save, e.g. by the federated queue.
+        self.label_saved: list[Callable[[LabelVersion, np.ndarray], None]] = []
 
     def close(self) -> None:
         self.index.close()
@@ -164,8 +167,16 @@ class LocalDatastore:
                     temp.unlink(missing_ok=True)
         return imported
 
-    def _clear_stale_temp_files(self) -> None:
+    def _clear_stale_temp_files(self, older_than_s: float = 3600.0) -> None:
+        """Remove uploads a crash left behind. Only old ones: another process (a training job, an NVFlare
+        site client) may open this datastore while the server is writing a fresh temporary file."""
+        cutoff = time.time() - older_than_s
         for path in self.tmp_dir.iterdir():
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -343,7 +354,7 @@ class LocalDatastore:
             write_volume(array, image_geometry, padded)
             staged.unlink(missing_ok=True)
             staged = padded
-        return self._commit_label(image_id, tag, ext, staged, author, info, source)
+        return self._commit_label(image_id, tag, ext, staged, author, info, source, array)
 
     def save_label_array(
         self,
@@ -367,7 +378,7 @@ class LocalDatastore:
         _check_label_values(array)
         staged = self._temp_path(f"label{ext}")
         write_volume(array, geometry, staged, reference=reference)
-        return self._commit_label(image_id, tag, ext, staged, author, info, source)
+        return self._commit_label(image_id, tag, ext, staged, author, info, source, array)
 
     def _commit_label(
         self,
@@ -378,6 +389,7 @@ class LocalDatastore:
         author: str,
         info: dict[str, Any] | None,
         source: LabelSource | None,
+        array: np.ndarray,
     ) -> LabelVersion:
         digest = file_sha256(staged)
         size = staged.stat().st_size
@@ -403,6 +415,11 @@ class LocalDatastore:
             self.index.insert_label(conn, label)
         self._publish_head(label)
         logger.info("label %s/%s v%d saved by %s", image_id, tag, version, author)
+        for callback in self.label_saved:
+            try:
+                callback(label, array)
+            except Exception:  # the label is saved; a failing subscriber must not turn that into an error
+                logger.exception("label_saved callback failed for %s/%s v%d", image_id, tag, version)
         return label
 
     def _publish_head(self, label: LabelVersion) -> None:
@@ -488,6 +505,9 @@ class LocalDatastore:
     # ------------------------------------------------------------------------------ next-sample queries
     def first_unlabeled(self, last: bool = False, exclude: tuple[str, ...] = ()) -> str | None:
         return self.index.first_unlabeled(descending=last, exclude=exclude)
+
+    def unlabeled_ids(self, exclude: tuple[str, ...] = ()) -> list[str]:
+        return self.index.unlabeled_ids(exclude=exclude)
 
     def random_unlabeled(self, strategy: str, rng: random.Random, exclude: tuple[str, ...] = ()) -> str | None:
         """Weighted by how long ago this strategy last offered each image, so annotators rarely collide."""

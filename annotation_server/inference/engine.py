@@ -73,6 +73,9 @@ class InferenceService:
         self._pending_lock = threading.Lock()
         # Called with (model, kind, seconds) after each model run; the server points it at its metrics.
         self.observer: Callable[[str, str, float], None] = lambda model, kind, seconds: None
+        # Called with (image id, mask, model, model version) after a model ran on a datastore image; the server
+        # points it at the pre-annotation store, so a later final label can be compared with the model's output.
+        self.result_observer: Callable[[str, np.ndarray, str, str | None], None] = lambda *result: None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -127,6 +130,8 @@ class InferenceService:
         inferred = time.perf_counter()
         if tuple(result.mask.shape) != volume.geometry.shape:
             raise RuntimeError(f"model {task.name} returned shape {result.mask.shape} for {volume.geometry.shape}")
+        if source.image_id is not None:
+            self.result_observer(source.image_id, result.mask, task.name, task.version)
         values = to_client_values(result.mask, result.label_names, params.restore_label_idx)
         names = client_label_names(result.label_names, params.restore_label_idx)
         dtype = np.dtype(params.result_dtype or ("uint8" if values.max(initial=0) <= 255 else "uint16"))

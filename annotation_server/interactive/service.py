@@ -13,13 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
 from annotation_server.interactive.prompts import LassoPrompt, Prompt
-from annotation_server.interactive.session import Change, InteractiveSession
+from annotation_server.interactive.session import Box, Change, InteractiveSession, mask_box
 from annotation_server.interactive.tools import draw_lasso, refine_object
 
 
@@ -90,6 +92,8 @@ class InteractiveService:
                 task = self.inference.task(model_name)
                 began = time.perf_counter()
                 change = refine_object(session, volume, task, prompt, label, new_object)
+                if session.first_result is None and change.box is not None and change.after is not None:
+                    session.first_result = (change.box, change.after, task.name, task.version)  # O(1)
                 self.inference.observer(task.name, "prompt", time.perf_counter() - began)
                 return change
 
@@ -121,8 +125,9 @@ class InteractiveService:
         self, session: InteractiveSession, change: Change | None, seconds: float, model: str | None
     ) -> dict[str, Any]:
         delta = None
-        if change is not None and change.box is not None:
-            delta = encode(session.mask[change.box], tuple(s.start for s in change.box))
+        box = changed_voxels_box(change) if change is not None else None
+        if box is not None:
+            delta = encode(session.mask[box], tuple(s.start for s in box))
         return {
             "session_id": session.id,
             "version": session.version,
@@ -157,9 +162,16 @@ class InteractiveService:
         with session.lock:
             mask = session.mask.copy()
             model = session.model
+            first = session.first_result
+        if first is not None:  # the session's first model result is this label's pre-annotation
+            box, patch, first_model, first_version = first
+            pre = np.zeros(session.shape, dtype=np.uint8)
+            pre[box] = patch
+            self.inference.result_observer(target, pre, first_model, first_version)
         task = self.inference.tasks.get(model) if model else None
         meta = {
             "interactions": session.interactions,
+            "preannotated": first is not None,
             "session_seconds": round(time.time() - session.created_ts, 1),
             "session_id": session.id,
             **(info or {}),
@@ -173,3 +185,21 @@ class InteractiveService:
             source=LabelSource(model=model, model_version=task.version if task else None),
             reference=self.inference.cache.get(Path(session.image_path)),
         )
+
+
+def changed_voxels_box(change: Change) -> Box | None:
+    """The bounding box of the voxels a change really altered, inside the box it recorded.
+
+    A refinement records the union of the object's old and new boxes (what undo restores), but a click
+    usually moves only part of the boundary; sending just the altered box keeps answers small. Writing it
+    into the client's copy gives the same mask, because every voxel outside it is unchanged.
+    """
+    if change.box is None:
+        return None
+    if change.before is None or change.after is None:
+        return change.box
+    local = mask_box(change.before != change.after)
+    if local is None:
+        return None
+    pairs = zip(change.box, local, strict=True)
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in pairs)  # type: ignore[return-value]

@@ -95,6 +95,8 @@ class InteractiveSession:
     undo_stack: list[Change] = field(default_factory=list)
     redo_stack: list[Change] = field(default_factory=list)
     interactions: int = 0
+    # The first model result (box, label-map patch, model, model version): the pre-annotation a save is compared to.
+    first_result: tuple[Box, np.ndarray, str, str | None] | None = None
     created_ts: float = field(default_factory=time.time)
     last_used_ts: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -8,7 +8,7 @@ from typing import Any
 
 from annotation_server.datastore import Datastore
 from annotation_server.errors import NotFoundError
-from annotation_server.learning.strategies import Strategy
+from annotation_server.learning.strategies import Pick, Strategy
 
 
 class ActiveLearningService:
@@ -28,15 +28,14 @@ class ActiveLearningService:
         if chosen is None:
             available = ", ".join(sorted(self.strategies))
             raise NotFoundError(f"strategy '{strategy}' not found; available strategies: {available}")
-        image_id = chosen.select(self.datastore, request, exclude=tuple(sorted(self.locked())))
-        if image_id is None:
+        picked = chosen.select(self.datastore, request, exclude=tuple(sorted(self.locked())))
+        if picked is None:
             return {}
+        image_id, why = (picked.image_id, picked.info) if isinstance(picked, Pick) else (picked, {})
         client_id = request.get("client_id")
         self.datastore.record_pick(strategy, image_id, client_id if isinstance(client_id, str) else None)
         info = self.datastore.image_info(image_id)
-        return {
-            **info,
-            "id": image_id,
-            "path": str(Path(info["path"])),
-            "strategy": self.datastore.strategy_info(image_id),
-        }
+        picks = self.datastore.strategy_info(image_id)
+        if why:
+            picks[strategy] = {**picks.get(strategy, {}), **why}
+        return {**info, "id": image_id, "path": str(Path(info["path"])), "strategy": picks}

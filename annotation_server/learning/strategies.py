@@ -7,16 +7,25 @@ an app's own strategy is a few lines.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from annotation_server.datastore import Datastore
 
 
+@dataclass(frozen=True)
+class Pick:
+    """A chosen image plus why (e.g. its score), shown under the answer's `strategy.<name>`."""
+
+    image_id: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 class Strategy(Protocol):
     description: str
 
-    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | None:
-        """Return the id of the image to annotate next, or None when there is nothing left."""
+    def select(self, datastore: Datastore, request: dict[str, Any], exclude: tuple[str, ...]) -> str | Pick | None:
+        """Return the id (or a Pick) of the image to annotate next, or None when there is nothing left."""
         ...
 
 

@@ -14,6 +14,7 @@ from annotation_server.inference.model_sources import BundleModel
 from annotation_server.inference.region_growing_task import RegionGrowingTask
 from annotation_server.tools.region_growing import RegionGrowingConfig
 
+from .fine_tune import KidneyClickFineTune, KidneySegFineTune
 from .recipes import LABELS
 
 APP = AppSpec(
@@ -42,4 +43,5 @@ APP = AppSpec(
             description="Clicks on a kidney, tumor or cyst segment that object (3D UNet with click guidance)",
         ),
     ],
+    trainers={"kidney_seg": KidneySegFineTune(), "kidney_click": KidneyClickFineTune()},
 )

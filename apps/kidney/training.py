@@ -275,6 +275,13 @@ def click_sample(
     image, label, affine = phantom.image, phantom.label, phantom.affine
     if rng.random() < truncate:
         image, label, affine = truncate_scan(image, label, affine, rng)
+    return interaction_sample(image, label, affine, rng, preprocessing)
+
+
+def interaction_sample(
+    image: np.ndarray, label: np.ndarray, affine: np.ndarray, rng: random.Random, preprocessing: Compose
+) -> dict[str, Any] | None:
+    """One simulated interaction on a labeled image (a phantom, or a site's corrected label)."""
     target = _objects(label, rng)
     if target is None:
         return None
