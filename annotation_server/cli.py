@@ -111,23 +111,37 @@ def main_command(
 @models_cli.command("list")
 def models_list(
     app: AppOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Per-user data folder holding the model registry")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
-    """List the app's models: name, type, version, weights checksum, labels (and any that cannot load)."""
+    """List the app's models: name, type, serving version, weights checksum, labels (and any that cannot load)."""
     from annotation_server.app_spec import build_models
     from annotation_server.checksums import file_sha256
+    from annotation_server.registry import ModelRegistry
 
-    spec = _load_app_or_exit(app or _settings().app)
+    settings = _settings(app=app, data_dir=data_dir)
+    spec = _load_app_or_exit(settings.app)
     tasks, failed = build_models(spec)
+    registry_dir = settings.registry_dir(spec.name)
+    registry = ModelRegistry(registry_dir) if registry_dir.is_dir() else None
     rows: list[dict[str, Any]] = []
     for task in tasks:
+        serving = registry.serving(task.name) if registry is not None else None
         weights = task.weights_path()
-        sha = file_sha256(weights) if weights and weights.is_file() else None
+        sha = serving.sha256 if serving else (file_sha256(weights) if weights and weights.is_file() else None)
         rows.append(
-            {"name": task.name, "type": task.type, "version": task.version, "sha256": sha, "labels": dict(task.labels)}
+            {
+                "name": task.name,
+                "type": task.type,
+                # the registry's serving version once the server has run, else the bundle's own version
+                "version": str(serving.version) if serving else task.version,
+                "versions": len(registry.versions(task.name)) if registry is not None else 0,
+                "sha256": sha,
+                "labels": dict(task.labels),
+            }
         )
     rows += [
-        {"name": name, "type": None, "version": None, "sha256": None, "labels": {}, "error": reason}
+        {"name": name, "type": None, "version": None, "versions": 0, "sha256": None, "labels": {}, "error": reason}
         for name, reason in failed.items()
     ]
     if as_json:

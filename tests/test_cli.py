@@ -16,8 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_models_list_json() -> None:
-    result = _run("models", "list", "--app", "kidney", "--json")
+def test_models_list_json(tmp_path: Path) -> None:
+    result = _run("models", "list", "--app", "kidney", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert set(rows) == {"region_growing", "kidney_seg", "kidney_click"}
@@ -42,3 +42,27 @@ def test_version_flag() -> None:
     from annotation_server import __version__
 
     assert _run("--version").stdout.strip() == __version__
+
+
+def test_train_command_makes_a_version_and_models_list_shows_what_serves(tmp_path: Path) -> None:
+    """`annotate-server train`: the same fine-tuning as POST /train/, from a terminal, gate included."""
+    from annotation_server.phantoms import PhantomConfig, write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "studies", n=3, seed=3, config=PhantomConfig.easy())
+    common = ("--app", "kidney", "--data-dir", str(tmp_path / "data"))
+    trained = _run(
+        "train", "--studies", str(tmp_path / "studies"), *common, "--steps", "2", "--val-split", "0.34",
+        "--min-improvement", "-1",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    outcome = json.loads(trained.stdout)
+    assert outcome["version"]["version"] == 2 and outcome["promoted"] is True
+    assert (Path(outcome["version"]["path"]) / "training_curve.png").is_file()
+    assert "kidney_seg@2: promoted" in " ".join(trained.stderr.split())
+    rows = {row["name"]: row for row in json.loads(_run("models", "list", "--json", *common).stdout)}
+    assert rows["kidney_seg"]["version"] == "2" and rows["kidney_seg"]["versions"] == 2
+    assert rows["kidney_seg"]["sha256"] == outcome["version"]["sha256"]
+    rollback = _run("models", "rollback", "kidney_seg", *common)
+    assert rollback.returncode == 0 and "kidney_seg@1 is now serving" in rollback.stdout
+    no_labels = _run("train", "--studies", str(tmp_path / "data"), *common)
+    assert no_labels.returncode == 2 and "at least 2 images" in no_labels.stderr

@@ -219,6 +219,33 @@ def sent_updates(workspace: Path, site: str) -> list[dict[str, Any]]:
     return [r for path in sorted((workspace / site).rglob(AUDIT_LOG)) for r in _read_jsonl(path)]
 
 
+def _site_report(site: SimulatedSite, outcome: Any, workspace: Path, app: str) -> dict[str, Any]:
+    """One site's part of the summary: its rounds (own log), what it sent (audit), its gate decision."""
+    rounds_log = site_rounds(site)
+    gate = outcome.gate
+    return {
+        "phantom_variant": site.variant,
+        "images": site.images,
+        "train_images": rounds_log[-1]["num_samples"] if rounds_log else None,
+        "val_images": outcome.val_images,
+        "rounds": [
+            {k: r[k] for k in ("round", "num_samples", "dice", "steps", "eval_s", "train_s", "round_s")}
+            for r in rounds_log
+        ],
+        "sent": [
+            {"round": u["round"], "data_kind": u["data_kind"], "params": len(u["params"]), "meta": u["meta"]}
+            for u in sent_updates(workspace, site.name)
+        ],
+        "dice_before": gate.serving_dice if gate else None,
+        "dice_after": gate.candidate_dice if gate else None,
+        "new_version": outcome.version.version,
+        "status": outcome.version.status,
+        "promoted": outcome.promoted,
+        "gate": gate.reason if gate else None,
+        "registry": str(site.registry(app).root),
+    }
+
+
 def simulate(
     app: Any,
     sites: int = 2,
@@ -251,7 +278,6 @@ def simulate(
     run_s = time.monotonic() - run_started
     per_site = {}
     for site in prepared:
-        rounds_log = site_rounds(site)
         outcome = import_global_model(
             workspace,
             app,
@@ -267,27 +293,7 @@ def simulate(
                 "simulated": True,
             },
         )
-        per_site[site.name] = {
-            "phantom_variant": site.variant,
-            "images": site.images,
-            "train_images": rounds_log[-1]["num_samples"] if rounds_log else None,
-            "val_images": outcome.val_images,
-            "rounds": [
-                {k: r[k] for k in ("round", "num_samples", "dice", "steps", "eval_s", "train_s", "round_s")}
-                for r in rounds_log
-            ],
-            "sent": [
-                {"round": u["round"], "data_kind": u["data_kind"], "params": len(u["params"]), "meta": u["meta"]}
-                for u in sent_updates(workspace, site.name)
-            ],
-            "dice_before": outcome.gate.serving_dice if outcome.gate else None,
-            "dice_after": outcome.gate.candidate_dice if outcome.gate else None,
-            "new_version": outcome.version.version,
-            "status": outcome.version.status,
-            "promoted": outcome.promoted,
-            "gate": outcome.gate.reason if outcome.gate else None,
-            "registry": str(site.registry(app.name).root),
-        }
+        per_site[site.name] = _site_report(site, outcome, workspace, app.name)
     summary_file = next((workspace / "server").rglob(METRICS_SUMMARY))
     metrics = json.loads(summary_file.read_text())
     rounds_file = summary_file.parent / metrics.get("round_metrics_file", "round_metrics.jsonl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from annotation_server.learning.trainer import TrainHistory, TrainProgress
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgress], None]]:
     """Yields a callback for `train(progress=...)`: a rich bar on a terminal, plain lines in logs and CI."""
-    console = Console()
+    console = Console(stderr=True)  # stdout stays free for the JSON result scripts print
     if not console.is_terminal:
         every = max(1, total // 20)
 
@@ -25,6 +26,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgre
                 print(
                     f"{description} step {p.step}/{total} loss {p.loss:.4f} best val Dice {dice} "
                     f"elapsed {p.elapsed_s:.0f}s eta {p.eta_s:.0f}s",
+                    file=sys.stderr,
                     flush=True,
                 )
 
