@@ -6,7 +6,7 @@ Runs with no arguments on the embedded sample CT: starts a real `annotate-server
 - click_p50_s / click_p95_s: warm click round trips (HTTP in, delta out);
 - raw_forward_p50_s: the click model's forward pass on the same ROI, measured in this run; ratio = p50 / raw;
 - first_click_s after server start, and its ratio to the warm p50;
-- delta_bytes vs full_label_bytes for a local edit;
+- delta_bytes vs full_label_bytes for a local edit (and on the full-body CT when ../shared is present);
 - info_p99_during_infer_s: GET /info/ while clicks run;
 - with --clients N: N annotators clicking at once: errors and p95 against the single-client p95.
 
@@ -90,11 +90,69 @@ def raw_forward_p50(model: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def kidney_clicks(seg: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A click at the right kidney's centre and one just inside its lateral edge, from TotalSegmentator's labels."""
+    from scipy import ndimage
+
+    from annotation_server.imaging import read_volume
+
+    kidney = read_volume(seg).array == 2  # TotalSegmentator: 2 = kidney_right
+    centre = np.argwhere(kidney)[len(np.argwhere(kidney)) // 2]
+    inside = ndimage.binary_erosion(kidney, iterations=2) & ~ndimage.binary_erosion(kidney, iterations=3)
+    ring = np.argwhere(inside[:, :, centre[2]])
+    edge = ring[np.argmax(np.abs(ring[:, 0] - centre[0]))]
+    return tuple(int(v) for v in centre), (int(edge[0]), int(edge[1]), int(centre[2]))  # type: ignore[return-value]
+
+
+def full_ct_edit(client: httpx.Client, model: str, folder: Path) -> dict[str, object]:
+    """The same local edit on the full-body CT (112 slices instead of the embedded crop's 30)."""
+    upload = client.put(
+        "/datastore/image",
+        params={"image": "full_ct"},
+        files={"file": ("full_ct.nii.gz", (folder / "example_ct.nii.gz").read_bytes())},
+    )
+    upload.raise_for_status()
+    centre, edge = kidney_clicks(folder / "example_seg_fast_force_split.nii.gz")
+    response = client.post("/interactive/sessions", json={"image": "full_ct", "model": model})
+    response.raise_for_status()
+    session = response.json()["session_id"]
+
+    def click(point: tuple[int, int, int], positive: bool) -> dict:
+        prompt = {"type": "point", "point": list(point), "positive": positive}
+        answer = client.post(f"/interactive/sessions/{session}/prompt", json={"prompt": prompt, "new_object": positive})
+        answer.raise_for_status()
+        return answer.json()
+
+    click(centre, True)
+    edit = click(edge, False)
+    full = client.get(f"/interactive/sessions/{session}/mask")
+    return {
+        "delta_bytes": delta_size(edit),
+        "full_label_bytes": len(full.content),
+        "delta_vs_full": round(delta_size(edit) / max(len(full.content), 1), 4),
+    }
+
+
+def default_full_ct() -> Path | None:
+    for parent in REPO.parents:
+        candidate = parent / "shared" / "data" / "totalsegmentator"
+        if (candidate / "example_ct.nii.gz").is_file():
+            return candidate
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="kidney_click")
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--clients", type=int, default=0, help="also run N annotators at once")
+    parser.add_argument(
+        "--full-ct",
+        type=Path,
+        default=default_full_ct(),
+        help="folder with TotalSegmentator's example_ct.nii.gz (default: ../shared/data/totalsegmentator if present): "
+        "also measure the local edit's delta on the full-body CT",
+    )
     args = parser.parse_args()
     report: dict[str, object] = {"benchmark": "interactive", "model": args.model, "clicks": args.clicks}
     with tempfile.TemporaryDirectory(prefix="interactive-bench-") as tmp:
@@ -113,6 +171,8 @@ def main() -> None:
                 report["delta_bytes"] = delta_size(edit)
                 report["full_label_bytes"] = len(full.content)
                 report["delta_vs_full"] = round(delta_size(edit) / max(len(full.content), 1), 4)
+                if args.full_ct is not None:
+                    report["full_ct"] = full_ct_edit(client, args.model, args.full_ct)
 
                 warm = clicking(client, args.model, args.clicks)
                 p50, p95 = statistics.median(warm), percentile(warm, 95)
