@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
-from annotation_server.errors import InvalidRequestError, NotFoundError
+from annotation_server.api.task_status import task_status
+from annotation_server.errors import InvalidRequestError
 from annotation_server.learning.scoring import ScoringJob
 from annotation_server.services import Services
 
@@ -61,17 +62,8 @@ def scoring_status(
     check_if_running: bool = Query(False, description="404 unless a job is submitted or running"),
     services: Services = Depends(get_services),
 ) -> Any:
-    if check_if_running:
-        running = services.scoring.running()
-        if running is None:
-            raise NotFoundError("No Scoring Tasks are currently Running")
-        return running
-    if all:
-        return services.scoring.jobs()
-    latest = services.scoring.latest()
-    if latest is None:
-        raise NotFoundError("No Scoring Tasks Found")
-    return latest
+    scoring = services.scoring
+    return task_status(scoring.running, scoring.latest, scoring.jobs, all, check_if_running, "Scoring")
 
 
 @router.delete("/scoring/", summary="Stop the running scoring job (null when none runs)")

@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.api.task_status import task_status
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.learning.finetune import labeled_images
 from annotation_server.learning.jobs import FINISHED, TrainJob, read_events
@@ -59,17 +60,8 @@ def training_status(
     check_if_running: bool = Query(False, description="404 unless a job is running"),
     services: Services = Depends(get_services),
 ) -> Any:
-    if check_if_running:
-        running = services.training.running()
-        if running is None:
-            raise NotFoundError("No Train Tasks are currently Running")
-        return running
-    if all:
-        return services.training.all()
-    latest = services.training.latest()
-    if latest is None:
-        raise NotFoundError("No Train Tasks Found")
-    return latest
+    training = services.training
+    return task_status(training.running, training.latest, training.all, all, check_if_running, "Train")
 
 
 @router.delete("/train/", summary="Stop the running training job (null when none runs)")

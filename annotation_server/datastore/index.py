@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation_server.datastore.records import DatastoreStats, ImageRecord, LabelSource, LabelVersion
+from annotation_server.datastore.sqlite import immediate_transaction, open_database
 
 SCHEMA_VERSION = 1
 
@@ -108,15 +109,9 @@ class DatastoreIndex:
     """Thread-safe access to the SQLite index. One connection, serialised by a lock: statements take microseconds."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_database(path, _SCHEMA)
         self._conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
@@ -128,14 +123,8 @@ class DatastoreIndex:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of work (BEGIN IMMEDIATE ... COMMIT, rolled back on any error)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with immediate_transaction(self._conn, self._lock) as conn:
+            yield conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

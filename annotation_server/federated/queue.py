@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation_server.datastore.records import LabelVersion
+from annotation_server.datastore.sqlite import immediate_transaction, open_database
 from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from annotation_server.federated.entries import Effort, QueueEntry, QueueStatus
 
@@ -70,14 +71,9 @@ class FederatedQueue:
     """Thread-safe access to the queue file. One connection, serialised by a lock: statements take microseconds."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_database(path, _SCHEMA)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> FederatedQueue:
@@ -90,14 +86,8 @@ class FederatedQueue:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with immediate_transaction(self._conn, self._lock) as conn:
+            yield conn
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

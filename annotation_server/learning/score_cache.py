@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from annotation_server.datastore.sqlite import open_database
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
     image_id TEXT NOT NULL,
@@ -57,14 +59,9 @@ class ScoreCache:
     """Thread-safe SQLite store of per-image scores (one connection, WAL, a lock around it)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
+        self._conn = open_database(path, _SCHEMA, synchronous="NORMAL")  # scores can be recomputed
 
     def close(self) -> None:
         with self._lock:

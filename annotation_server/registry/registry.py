@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation_server.datastore.atomic import atomic_write_bytes, fsync_dir
+from annotation_server.datastore.sqlite import immediate_transaction, open_database
 from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from annotation_server.inference.bundle import load_bundle
 from annotation_server.registry.records import ModelVersion, RegistryEvent, VersionSource
@@ -47,26 +48,16 @@ class ModelRegistry:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._db_path = self.root / "registry.sqlite"
-        with self._connect() as db:
-            db.executescript(SCHEMA)
 
     # --------------------------------------------------------------------------------------------- storage
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A short-lived connection: registry calls are rare, and several processes share the file."""
-        db = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db = open_database(self._db_path, SCHEMA, shared=False)
         try:
             if write:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+                with immediate_transaction(db) as conn:
+                    yield conn
             else:
                 yield db
         finally:
