@@ -264,3 +264,20 @@ def test_next_sample_queries_skip_final_labels(store: LocalDatastore) -> None:
     store.save_label("phantom_b", _label_file(store, "phantom_b"), "b.nii.gz")
     store.save_label("sample_ct", _label_file(store, "sample_ct"), "s.nii.gz")
     assert store.first_unlabeled() is None and store.random_unlabeled("random", rng) is None
+
+
+def test_a_failed_commit_is_rolled_back_and_the_connection_stays_usable(tmp_path: Path) -> None:
+    from annotation_server.datastore.sqlite import immediate_transaction, open_database
+
+    schema = (
+        "CREATE TABLE p (id INTEGER PRIMARY KEY); "
+        "CREATE TABLE c (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    conn = open_database(tmp_path / "db.sqlite", schema)
+    with pytest.raises(sqlite3.IntegrityError), immediate_transaction(conn):
+        conn.execute("INSERT INTO c VALUES (1)")  # a deferred foreign key: COMMIT itself fails
+    assert not conn.in_transaction
+    with immediate_transaction(conn):
+        conn.execute("INSERT INTO p VALUES (1)")
+    assert conn.execute("SELECT COUNT(*) FROM c").fetchone()[0] == 0
+    conn.close()

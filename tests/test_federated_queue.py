@@ -25,6 +25,7 @@ from annotation_server.federated.cli import fl_app
 from annotation_server.federated.effort import build_effort_report, period_of
 from annotation_server.federated.entries import QueueEntry
 from annotation_server.federated.preannotations import PreannotationStore
+from annotation_server.federated.recorder import sync_with_datastore
 from annotation_server.federated.site import attach_federated_queue
 
 
@@ -210,6 +211,21 @@ def test_exclude_keeps_the_reason_and_removes_from_training(client, studies: Pat
     assert client.post(f"/fl/queue/{entry_id}/approve").json()["status"] == "eligible"
 
 
+def test_a_label_saved_after_an_exclusion_replaces_it_in_the_effort_report(client, studies: Path) -> None:  # type: ignore[no-untyped-def]
+    label = np.zeros(_image(studies, "phantom_b").shape, np.uint8)
+    label[3:6, 3:6, 3:6] = 1
+    _put_label(client, studies, "phantom_b", label)
+    entry_id = _entries(client)["entries"][0]["id"]
+    assert client.post(f"/fl/queue/{entry_id}/exclude", json={"reason": "tumor boundary wrong"}).status_code == 200
+    label[3:7, 3:6, 3:6] = 1
+    _put_label(client, studies, "phantom_b", label)  # the annotator redoes it
+    statuses = [e["status"] for e in _entries(client, image="phantom_b")["entries"]]
+    assert statuses == ["eligible", "excluded"]  # the exclusion and its reason stay in the history ...
+    current = client.app.state.services.fl_queue.current()
+    assert [(e.image_id, e.label_version) for e in current] == [("phantom_b", 2)]  # ... but one image is one label
+    assert client.get("/fl/effort").json()["labels"] == 1
+
+
 def test_retired_label_is_excluded_when_the_site_job_opens_the_queue(client, studies: Path) -> None:  # type: ignore[no-untyped-def]
     label = np.zeros(_image(studies, "phantom_b").shape, np.uint8)
     label[3:6, 3:6, 3:6] = 1
@@ -223,6 +239,42 @@ def test_retired_label_is_excluded_when_the_site_job_opens_the_queue(client, stu
     finally:
         queue.close()
         datastore.close()
+
+
+def test_a_site_reconciling_while_the_server_saves_keeps_the_new_label_eligible(
+    studies: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = LocalDatastore(studies)
+    site = LocalDatastore(studies)
+    try:
+        server.rescan()
+        queue, preannotations = attach_federated_queue(server, FederatedConfig())
+        shape = server.image_geometry("phantom_a").shape
+        server.save_label_array("phantom_a", np.ones(shape, np.uint8), author="first")
+        site_queue = FederatedQueue.in_state_dir(site.state_dir)
+        saved: list[int] = []
+
+        def then_the_server_saves(read):  # type: ignore[no-untyped-def]
+            def wrapped():  # type: ignore[no-untyped-def]
+                result = read()
+                if not saved:  # a save lands between the site's reads of the queue and of the datastore
+                    saved.append(server.save_label_array("phantom_a", np.zeros(shape, np.uint8)).version)
+                return result
+
+            return wrapped
+
+        monkeypatch.setattr(site_queue, "latest_versions", then_the_server_saves(site_queue.latest_versions))
+        monkeypatch.setattr(site.index, "all_heads", then_the_server_saves(site.index.all_heads))
+        sync_with_datastore(site_queue, site)
+        assert saved == [2]
+        history = [(e.label_version, e.status) for e in queue.list_entries()[1]]
+        assert history == [(2, QueueStatus.eligible), (1, QueueStatus.superseded)]
+        site_queue.close()
+        preannotations.close()
+        queue.close()
+    finally:
+        site.close()
+        server.close()
 
 
 def test_labels_saved_before_the_queue_existed_are_backfilled(studies: Path) -> None:

@@ -90,6 +90,8 @@ def test_the_audit_filter_records_shapes_and_refuses_strings() -> None:
     leaky = {"path": "/data/x.nii.gz", "filter_history": ["/data/case_1"]}
     summary, problems = summarize("WEIGHTS", {**weights, "id": np.array(["case_1"])}, leaky)
     assert len(problems) == 3 and "/data" not in json.dumps(summary)
+    summary, problems = summarize("WEIGHTS", weights, {"initial_metrics": {"dice": 0.5, "case_0001": 0.9}})
+    assert problems == ["meta 'initial_metrics' is a dict, not a number"] and "case_0001" not in json.dumps(summary)
 
 
 # --------------------------------------------------------------------------------------------- site settings

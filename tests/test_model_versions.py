@@ -61,6 +61,17 @@ def test_a_corrupted_bundle_never_becomes_a_version(tmp_path: Path) -> None:
     assert not [p for p in (registry.root / "kidney_seg").iterdir() if p.name.startswith(".staging")]
 
 
+def test_a_version_folder_left_by_a_killed_process_does_not_block_the_next_version(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.ensure_registered("kidney_seg", SEG)
+    orphan = registry.root / "kidney_seg" / "v0002"  # renamed into place, killed before the commit
+    orphan.mkdir()
+    (orphan / "half.txt").write_text("from a killed training job")
+    second = registry.add_version("kidney_seg", perturbed_bundle(tmp_path / "b2"), "training")
+    assert second.version == 2 and not (orphan / "half.txt").exists()
+    assert (Path(second.path) / "manifest.json").is_file()
+
+
 def test_promote_and_rollback_follow_the_promotion_chain(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "reg")
     registry.ensure_registered("kidney_seg", SEG)
@@ -100,6 +111,22 @@ def test_gate_promotes_only_versions_not_worse_than_serving(
     if not passes:
         rejection = registry.events("kidney_seg")[-1]
         assert rejection.action == "reject" and "worse than" in rejection.reason
+
+
+def test_gate_does_not_promote_over_a_version_served_since_it_compared(tmp_path: Path) -> None:
+    """A rollback (or promotion) while a job trained: the gate measured against another version, so it waits."""
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.ensure_registered("kidney_seg", SEG)
+    registry.add_version("kidney_seg", perturbed_bundle(tmp_path / "b2"), "training")
+    registry.promote("kidney_seg", 2)
+    trained = registry.add_version(
+        "kidney_seg", perturbed_bundle(tmp_path / "b3", 0.7), "training", {"serving_version": 2}
+    )
+    registry.rollback("kidney_seg")  # back to 1 while version 3 was being made from version 2
+    assert apply_gate(registry, trained, decide(0.9, 0.8), auto_promote=True) is False
+    assert registry.serving_number("kidney_seg") == 1
+    rejection = registry.events("kidney_seg")[-1]
+    assert (rejection.action, rejection.version) == ("reject", 3) and "v1 serves now" in rejection.reason
 
 
 # ------------------------------------------------------------------------------------- hot swap, live server
@@ -218,3 +245,42 @@ def test_cli_lists_versions_as_json(registry_with_candidate) -> None:  # type: i
         timeout=120,
     )
     assert bad.returncode == 2 and "no version 5" in bad.stderr
+
+
+def test_a_version_that_cannot_load_is_never_served(registry_with_candidate, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Promoting a damaged version is refused (API) or reported (CLI), and the serving version keeps serving."""
+    from fastapi.testclient import TestClient
+
+    from annotation_server.app_spec import load_app
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    data_dir, studies = registry_with_candidate
+    registry = ModelRegistry(data_dir / "registry" / "kidney")
+    weights = Path(registry.get("kidney_seg", 2).path) / "models" / "model.pt"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-64])  # damaged on disk after it was registered
+    settings = Settings(studies=studies, data_dir=data_dir, rescan_interval_s=0, model_sync_interval_s=0)
+    with TestClient(create_app(settings, load_app("kidney"))) as client:
+        refused = client.post("/models/kidney_seg/promote", json={"version": 2})
+        assert refused.status_code == 422 and "was not promoted" in refused.json()["detail"]
+        assert registry.serving_number("kidney_seg") == 1
+        registry.promote("kidney_seg", 2, actor="cli")  # as `annotate-server models promote` would
+        services = client.app.state.services
+        from annotation_server.registry import serving as serving_module
+
+        attempts: list[int] = []
+        real_build = serving_module.build_version
+
+        def counting_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+            attempts.append(1)
+            return real_build(*args, **kwargs)
+
+        monkeypatch.setattr(serving_module, "build_version", counting_build)
+        assert services.serving.sync() == [] and services.serving.sync() == []
+        assert len(attempts) == 1  # tried once, not again every sync round
+        server = client.get("/info/").json()["server"]
+        assert server["serving_versions"]["kidney_seg"] == 1
+        assert "kidney_seg@2 cannot be loaded" in server["version_errors"]["kidney_seg"]
+        answer = client.post("/infer/kidney_seg", params={"image": "small", "output": "json"})
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"

@@ -51,5 +51,6 @@ def info(services: Services = Depends(get_services)) -> InfoResponse:
             "device": services.device,
             "failed_models": services.failed_models,
             "serving_versions": {name: services.serving.serving_version(name) for name in services.serving.sources},
+            "version_errors": services.serving.errors,
         },
     )

@@ -73,12 +73,15 @@ async def _event_stream(services: Services, job_id: str, poll_s: float) -> Async
     folder = Path(services.training.jobs_dir) / job_id
     sent = 0
     while True:
+        # The status first: a job seen finished has written all its events, so the read below has its result.
+        # Both read files: in a thread, not on the event loop.
+        job = await asyncio.to_thread(services.training.get, job_id)
+        finished = job.status in FINISHED  # the job object is live: its status is read once, here
         events = await asyncio.to_thread(read_events, folder)
         for event in events[sent:]:
             yield f"event: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
         sent = len(events)
-        job = services.training.get(job_id)
-        if job.status in FINISHED:
+        if finished:
             yield f"event: end\ndata: {job.model_dump_json()}\n\n"
             return
         await asyncio.sleep(poll_s)

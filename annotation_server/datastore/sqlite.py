@@ -35,17 +35,19 @@ def open_database(
 def immediate_transaction(
     conn: sqlite3.Connection, lock: threading.Lock | threading.RLock | None = None
 ) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (including KeyboardInterrupt)."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (including KeyboardInterrupt, and a failed COMMIT:
+    a connection left inside a transaction would refuse every later BEGIN)."""
     if lock is not None:
         lock.acquire()
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
     finally:
         if lock is not None:
             lock.release()

@@ -23,10 +23,16 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
+from annotation_server.federated.site_training import ALLOWED_METRICS
+
 AUDIT_LOG = "outgoing_updates.jsonl"
 # NVFlare's own bookkeeping: the DXO filters a result went through, by class name (e.g. "ExcludeVars").
 FILTER_HISTORY = "filter_history"
 _CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _numeric_array(value: Any) -> bool:
@@ -44,10 +50,10 @@ def summarize(data_kind: str, data: dict[str, Any], meta: dict[str, Any]) -> tup
     problems = [f"'{name}' is not a numeric array" for name, value in data.items() if not _numeric_array(value)]
     shown_meta: dict[str, Any] = {}
     for key, value in meta.items():
-        if isinstance(value, Real) and not isinstance(value, bool):
+        if _number(value):
             shown_meta[key] = value
-        elif isinstance(value, dict) and all(isinstance(v, Real) for v in value.values()):
-            shown_meta[key] = value  # e.g. the metrics: {"dice": 0.9}
+        elif isinstance(value, dict) and set(value) <= ALLOWED_METRICS and all(_number(v) for v in value.values()):
+            shown_meta[key] = value  # e.g. the metrics: {"dice": 0.9}; other keys could be ids or names
         elif key == FILTER_HISTORY and isinstance(value, list) and all(_CLASS_NAME.match(str(v)) for v in value):
             shown_meta[key] = [str(v) for v in value]
         elif value is not None:

@@ -19,17 +19,22 @@ class LabelChange:
     labeled_voxels: int
 
 
+SLAB_VOXELS = 1 << 22  # compared a slab at a time: no volume-sized temporaries on the label-save path
+
+
 def compare_labels(pre: np.ndarray, final: np.ndarray) -> LabelChange | None:
     """Pre-annotation vs final label on the same grid; None when the grids differ (nothing comparable)."""
     if pre.shape != final.shape:
         return None
-    pre_fg = pre != 0
-    final_fg = final != 0
-    pre_count = int(np.count_nonzero(pre_fg))
-    final_count = int(np.count_nonzero(final_fg))
-    overlap = int(np.count_nonzero(pre_fg & final_fg))
+    pre_count = int(np.count_nonzero(pre))
+    final_count = int(np.count_nonzero(final))
+    overlap = changed = 0
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(pre.shape[1:]))))
+    for start in range(0, pre.shape[0], step):
+        p, f = pre[start : start + step], final[start : start + step]
+        overlap += int(np.count_nonzero(np.logical_and(p, f)))
+        changed += int(np.count_nonzero(p != f))  # numpy compares mixed integer dtypes by value
     dice = 1.0 if pre_count + final_count == 0 else 2.0 * overlap / (pre_count + final_count)
-    changed = int(np.count_nonzero(pre != final))  # numpy compares mixed integer dtypes by value
     return LabelChange(dice=round(dice, 6), voxels_changed=changed, labeled_voxels=final_count)
 
 

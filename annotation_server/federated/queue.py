@@ -266,8 +266,15 @@ class FederatedQueue:
         return [_entry(r) for r in rows]
 
     def current(self) -> list[QueueEntry]:
-        """Every entry not superseded: one per labeled image (the effort report's population)."""
-        rows = self._query("SELECT * FROM entries WHERE status != ? ORDER BY saved_ts", (QueueStatus.superseded.value,))
+        """The newest entry of each labeled image, whatever its status (the effort report's population).
+
+        An excluded entry is never superseded, so "status != superseded" would count an image twice once a
+        newer label replaces an excluded (or retired) one.
+        """
+        rows = self._query(
+            "SELECT * FROM entries e WHERE label_version = (SELECT MAX(label_version) FROM entries "
+            "WHERE image_id = e.image_id AND label_tag = e.label_tag) ORDER BY saved_ts"
+        )
         return [_entry(r) for r in rows]
 
     def latest_versions(self) -> dict[tuple[str, str], tuple[int, int, QueueStatus]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annotation_server.datastore import FINAL_TAG, LabelVersion, LocalDatastore
+from annotation_server.errors import ConflictError
 from annotation_server.federated.config import FederatedConfig
 from annotation_server.federated.entries import Effort, QueueStatus
 from annotation_server.federated.measures import compare_labels, reported_effort
@@ -84,9 +85,12 @@ def sync_with_datastore(
     MONAI Label folder) are added, without Dice since no file is read. Live entries whose label was retired or
     whose image was deleted are excluded, so the federated job never trains on them.
     """
+    # The queue first: the server enqueues a label only after the datastore committed it, so every entry read here
+    # has its version (or a newer one) among the heads read next, unless it was retired. The other order could
+    # read an entry saved in between as newer than its head and exclude the newest label as retired.
+    latest = queue.latest_versions()
     heads = datastore.index.all_heads()
     finals = {i: next((h for h in labels if h.tag == FINAL_TAG), None) for i, labels in heads.items()}
-    latest = queue.latest_versions()
     added = retired = 0
     if recorder is not None:
         missing = [
@@ -101,12 +105,16 @@ def sync_with_datastore(
         live = status in (QueueStatus.eligible, QueueStatus.pending_review)
         if tag != FINAL_TAG or not live or (final is not None and final.version == version):
             continue
-        if final is not None and final.version > version:  # only without a recorder: never train an old version
-            if recorder is None:
-                queue.exclude(entry_id, NEWER_REASON.format(version=final.version), reviewer="datastore")
-                retired += 1
+        if final is not None and final.version > version:
+            if recorder is not None:  # added above, which superseded this entry
+                continue
+            reason = NEWER_REASON.format(version=final.version)  # never train an old version
+        else:
+            reason = RETIRED_REASON
+        try:
+            queue.exclude(entry_id, reason, reviewer="datastore")
+        except ConflictError:  # the server queued a newer version since `latest` was read: superseded already
             continue
-        queue.exclude(entry_id, RETIRED_REASON, reviewer="datastore")
         retired += 1
     if added or retired:
         logger.info("federated queue: %d labels added, %d retired while reconciling with the datastore", added, retired)

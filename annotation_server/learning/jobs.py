@@ -99,6 +99,9 @@ class TrainingJobs:
 
     # ------------------------------------------------------------------------------------------ queries
     def _refresh(self, job: TrainJob) -> TrainJob:
+        """Progress and log tail from the job's files; a finished job was read one last time by its watcher."""
+        if job.status in FINISHED:  # else /info/ and GET /train/ would re-read every past job's files
+            return job
         folder = self.jobs_dir / job.id
         events = read_events(folder)
         progress = [e for e in events if e.get("type") == PROGRESS]
@@ -204,23 +207,23 @@ class TrainingJobs:
     def _watch(self, job_id: str) -> None:
         proc = self._procs[job_id]
         code = proc.wait()
+        self._refresh(self._jobs[job_id])  # the last progress and log, before the job reads as finished
         folder = self.jobs_dir / job_id
         results = [e for e in read_events(folder) if e.get("type") == RESULT]
         with self._lock:
             job = self._jobs[job_id]
             job.end_ts = _now()
-            if job_id in self._stopping:
-                job.status = "STOPPED"
-            elif code == 0 and results:
+            if code == 0 and results:  # finished before a stop reached it: its version exists, say so
                 job.status = "DONE"
                 job.result = {k: v for k, v in results[-1].items() if k not in ("type", "ts")}
+            elif job_id in self._stopping:
+                job.status = "STOPPED"
             else:
                 job.status = "ERROR"
                 tail = _tail(Path(job.log_file), 5)
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 job.error = f"training process ended ({how}); log {job.log_file}: " + " | ".join(tail)
             self._procs.pop(job_id, None)
-        self._refresh(job)
         log = logger.info if job.status == "DONE" else logger.error
         log("training job %s %s%s", job_id, job.status, f": {job.error}" if job.error else "")
         try:

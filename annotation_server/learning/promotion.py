@@ -44,5 +44,14 @@ def apply_gate(registry: ModelRegistry, version: ModelVersion, gate: GateDecisio
         return False
     if not auto_promote:
         return False
+    compared = version.metrics.get("serving_version")  # the version the gate measured against
+    serving = registry.serving_number(version.model)
+    if compared is not None and serving != compared:  # promoted or rolled back while this version was made
+        registry.reject(
+            version.model,
+            version.version,
+            f"{gate.reason}, but v{serving} serves now, not v{compared}; promote it by hand if it should serve",
+        )
+        return False
     registry.promote(version.model, version.version, actor="promotion-gate", reason=gate.reason)
     return True

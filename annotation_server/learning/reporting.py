@@ -21,10 +21,10 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgre
         every = max(1, total // 20)
 
         def log_line(p: TrainProgress) -> None:
-            if p.step % every == 0 or p.step == total or p.val_dice is not None:
+            if p.step % every == 0 or p.step == p.total_steps or p.val_dice is not None:
                 dice = f"{p.best_dice:.4f}" if p.best_dice is not None else "-"
                 print(
-                    f"{description} step {p.step}/{total} loss {p.loss:.4f} best val Dice {dice} "
+                    f"{description} step {p.step}/{p.total_steps} loss {p.loss:.4f} best val Dice {dice} "
                     f"elapsed {p.elapsed_s:.0f}s eta {p.eta_s:.0f}s",
                     file=sys.stderr,
                     flush=True,
@@ -45,7 +45,8 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[TrainProgre
 
         def update(p: TrainProgress) -> None:
             dice = f"{p.best_dice:.4f}" if p.best_dice is not None else "-"
-            bar.update(task, completed=p.step, loss=p.loss, dice=dice)
+            # the loop's own count: `total` is an estimate (a click model makes several samples per label)
+            bar.update(task, completed=p.step, total=p.total_steps, loss=p.loss, dice=dice)
 
         yield update
 

@@ -303,8 +303,7 @@ class ScoringService:
             self._thread.start()
 
     def _work(self) -> None:
-        # Torch's intra-op threads are set per thread here: clicks on the inference threads keep theirs.
-        torch.set_num_threads(self.threads)
+        _limit_torch_threads(self.threads)
         while True:
             job = self._queue.get()
             if job is None:
@@ -380,3 +379,17 @@ class ScoringService:
             job.done += 1
             job.errors[image_id] = message
             self._note(job, f"{image_id}: FAILED {message}")
+
+
+def _limit_torch_threads(threads: int) -> None:
+    """Give the calling thread `threads` torch intra-op threads, and every other thread its default.
+
+    OpenMP and MKL keep the count per thread, but `torch.set_num_threads` also sets the count that threads
+    started later take on their first torch op: inference and request threads created after scoring began
+    would run clicks on `threads` cores. So the default is put back from a short-lived helper thread.
+    """
+    default = torch.get_num_threads()  # also fixes this thread's own count before it is changed
+    torch.set_num_threads(threads)
+    restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="torch-threads")
+    restore.start()
+    restore.join()

@@ -52,8 +52,11 @@ def run(spec_file: Path) -> int:
         os.nice(spec.nice)  # serving (clicks) must win the CPU when both want it
     train_count = max(1, len(spec.items) - max(1, round(len(spec.items) * spec.params.val_split)))
     steps_per_epoch = max(1, -(-train_count // spec.params.train_batch_size))
+    server = os.getppid()  # its own session, so a killed server's signals never reach it: it checks instead
 
     def progress(p: TrainProgress) -> None:
+        if os.getppid() != server:  # orphaned: nobody tracks this job, and a new server may start another
+            raise SystemExit(f"the server (pid {server}) that started this job is gone; stopping")
         _emit(
             events,
             PROGRESS,

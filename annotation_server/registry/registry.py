@@ -142,15 +142,17 @@ class ModelRegistry:
         """
         bundle = load_bundle(bundle_dir)
         staging = self.root / model / f".staging-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(bundle.root, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-        for name, path in (extra_files or {}).items():
-            shutil.copyfile(path, staging / name)
         metrics, provenance = dict(metrics or {}), dict(provenance or {})
         try:
+            shutil.copytree(bundle.root, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+            for name, path in (extra_files or {}).items():
+                shutil.copyfile(path, staging / name)
             with self._connect(write=True) as db:
                 row = db.execute("SELECT MAX(version) FROM versions WHERE model=?", (model,)).fetchone()
                 number = int(row[0] or 0) + 1
                 final = self.root / model / f"v{number:04d}"
+                if final.exists():  # renamed in by a process killed before its commit: no row names it
+                    shutil.rmtree(final)
                 manifest = {
                     "model": model,
                     "version": number,

@@ -12,6 +12,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from annotation_server.errors import CorruptFileError
 from annotation_server.inference.engine import InferenceService
 from annotation_server.inference.model_sources import BundleModel
 from annotation_server.inference.task import InferTask
@@ -65,6 +66,9 @@ class ServingModels:
         self.inference = inference
         self.device = device
         self._lock = threading.Lock()
+        # Versions the registry names but that would not load: reported in /info/, not retried every few seconds.
+        self.errors: dict[str, str] = {}
+        self._unloadable: dict[str, int] = {}
 
     def serving_version(self, model: str) -> int | None:
         task = self.inference.tasks.get(model)
@@ -77,23 +81,43 @@ class ServingModels:
             for name in [model] if model else list(self.sources):
                 if name not in self.sources:
                     continue
-                wanted = self.registry.serving(name)
-                if wanted is None or self.serving_version(name) == wanted.version:
+                number = self.registry.serving_number(name)  # one query: this runs every few seconds
+                if number is None or self.serving_version(name) == number or self._unloadable.get(name) == number:
                     continue
+                wanted = self.registry.get(name, number)
                 try:
                     task = build_version(self.sources[name], wanted, self.device)
-                except Exception:
+                except Exception as exc:
+                    self._unloadable[name] = number
+                    self.errors[name] = f"{wanted.label} cannot be loaded ({type(exc).__name__}: {exc}); " + (
+                        f"version {self.serving_version(name)} keeps serving"
+                    )
                     logger.exception("could not load %s; the previous version keeps serving", wanted.label)
                     continue
-                previous = self.serving_version(name)
-                self.inference.tasks[name] = task
+                self._swap(name, task, wanted)
                 changed.append(name)
-                logger.info("now serving %s (was version %s)", wanted.label, previous)
         return changed
 
+    def _swap(self, name: str, task: InferTask, version: ModelVersion) -> None:
+        previous = self.serving_version(name)
+        self.inference.tasks[name] = task  # one assignment: requests in flight keep the task they hold
+        self._unloadable.pop(name, None)
+        self.errors.pop(name, None)
+        logger.info("now serving %s (was version %s)", version.label, previous)
+
     def promote(self, model: str, version: int, actor: str = "admin", reason: str = "") -> ModelVersion:
-        promoted = self.registry.promote(model, version, actor, reason)
-        self.sync(model)
+        """Load and warm the version first; only a version that loads becomes the serving one."""
+        candidate = self.registry.get(model, version)
+        try:
+            task = build_version(self.sources[model], candidate, self.device)
+        except Exception as exc:
+            raise CorruptFileError(
+                f"{candidate.label} was not promoted: it cannot be loaded ({type(exc).__name__}: {exc}); "
+                f"version {self.serving_version(model)} keeps serving"
+            ) from exc
+        with self._lock:
+            promoted = self.registry.promote(model, version, actor, reason)
+            self._swap(model, task, promoted)
         return promoted
 
     def rollback(self, model: str, to: int | None = None, actor: str = "admin", reason: str = "") -> ModelVersion:
