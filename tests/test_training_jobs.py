@@ -21,7 +21,7 @@ from annotation_server.phantoms import PhantomConfig, write_phantom_dataset
 from annotation_server.server import create_app
 from annotation_server.settings import Settings
 
-FAST = {"steps": 3, "val_split": 0.34, "train_batch_size": 1, "threads": 1}
+FAST = {"steps": 3, "val_split": 0.1, "train_batch_size": 1, "threads": 1}
 
 
 @pytest.fixture
@@ -144,9 +144,27 @@ def test_click_model_fine_tunes_on_simulated_interactions_with_corrected_labels(
     store.rescan()
     registry = ModelRegistry(tmp_path / "registry")
     registry.ensure_registered("kidney_click", bundle_path("kidney_click"))
-    params = FineTuneParams(steps=2, val_split=0.34, train_batch_size=1, min_improvement=-1.0)
+    params = FineTuneParams(steps=2, val_split=0.1, train_batch_size=1, min_improvement=-1.0)
     outcome = fine_tune(dict(load_app("kidney").trainers), "kidney_click", labeled_images(store), registry, params)
     assert outcome.train_images == 2 and outcome.val_images == 1 and outcome.steps == 2
     assert 0.0 < outcome.gate.serving_dice <= 1.0 and 0.0 <= outcome.gate.candidate_dice <= 1.0
     assert outcome.promoted and registry.serving_number("kidney_click") == 2  # a gate that accepts any loss
     store.close()
+
+
+def test_split_never_moves_a_training_image_into_validation_as_labels_arrive(tmp_path: Path) -> None:
+    """The gate after a federated job re-splits a grown queue: what a version trained on stays out of validation."""
+    from annotation_server.learning.finetune import LabeledImage, split
+
+    def items(n: int) -> list[LabeledImage]:
+        return [
+            LabeledImage(image_id=f"case_{i:04d}", image=tmp_path, label=tmp_path, label_version=1, label_sha256="x")
+            for i in range(n)
+        ]
+
+    trained_before = {i.image_id for i in split(items(10), 0.2)[0]}
+    for n in (11, 20, 60, 200):
+        train_ids, val_ids = ({i.image_id for i in side} for side in split(items(n), 0.2))
+        assert not trained_before & val_ids
+        assert train_ids and val_ids and 0.05 < len(val_ids) / n < 0.45
+    assert [len(side) for side in split(items(2), 0.2)] == [1, 1]  # both sides kept non-empty

@@ -119,16 +119,24 @@ def labeled_images(datastore: Datastore) -> list[LabeledImage]:
 
 
 def split(items: Sequence[LabeledImage], val_split: float) -> tuple[list[LabeledImage], list[LabeledImage]]:
-    """Deterministic by image id (a stable hash), so the same image stays in validation across runs and the
-    serving and new versions are always compared on images neither trained on at this site."""
+    """Each image's side is fixed by a hash of its id alone, so it never moves from training into validation
+    when more labels arrive: a version trained on an image is never scored on it later (the gate after a
+    federated job re-splits a grown queue). Only to keep both sides non-empty is the image nearest the
+    threshold moved."""
     if len(items) < 2:
         raise InvalidRequestError(
             f"fine-tuning needs at least 2 images with a 'final' label (one to train, one to validate); "
             f"the datastore has {len(items)}: save more labels first"
         )
-    ranked = sorted(items, key=lambda i: hashlib.sha256(i.image_id.encode()).hexdigest())
-    count = min(max(1, round(len(items) * val_split)), len(items) - 1)
+    ranked = sorted(items, key=_split_position)
+    count = sum(_split_position(i) < val_split for i in ranked)
+    count = min(max(1, count), len(ranked) - 1)
     return ranked[count:], ranked[:count]
+
+
+def _split_position(item: LabeledImage) -> float:
+    """A stable number in [0, 1) per image id: below `val_split` means validation."""
+    return int(hashlib.sha256(item.image_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
 def load_network(bundle_dir: Path, device: str = "cpu") -> torch.nn.Module:

@@ -211,25 +211,27 @@ class TrainingJobs:
         folder = self.jobs_dir / job_id
         results = [e for e in read_events(folder) if e.get("type") == RESULT]
         with self._lock:
-            job = self._jobs[job_id]
-            job.end_ts = _now()
-            if code == 0 and results:  # finished before a stop reached it: its version exists, say so
-                job.status = "DONE"
-                job.result = {k: v for k, v in results[-1].items() if k not in ("type", "ts")}
-            elif job_id in self._stopping:
-                job.status = "STOPPED"
-            else:
-                job.status = "ERROR"
-                tail = _tail(Path(job.log_file), 5)
-                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                job.error = f"training process ended ({how}); log {job.log_file}: " + " | ".join(tail)
-            self._procs.pop(job_id, None)
-        log = logger.info if job.status == "DONE" else logger.error
-        log("training job %s %s%s", job_id, job.status, f": {job.error}" if job.error else "")
-        try:
-            self.on_finished(job)
+            finished = self._jobs[job_id].model_copy()
+        finished.end_ts = _now()
+        if code == 0 and results:  # finished before a stop reached it: its version exists, say so
+            finished.status = "DONE"
+            finished.result = {k: v for k, v in results[-1].items() if k not in ("type", "ts")}
+        elif job_id in self._stopping:
+            finished.status = "STOPPED"
+        else:
+            finished.status = "ERROR"
+            tail = _tail(Path(finished.log_file), 5)
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            finished.error = f"training process ended ({how}); log {finished.log_file}: " + " | ".join(tail)
+        try:  # e.g. swap in the promoted version: a job reads DONE only once its model serves
+            self.on_finished(finished)
         except Exception:
             logger.exception("after training job %s", job_id)
+        with self._lock:
+            self._jobs[job_id] = finished
+            self._procs.pop(job_id, None)
+        log = logger.info if finished.status == "DONE" else logger.error
+        log("training job %s %s%s", job_id, finished.status, f": {finished.error}" if finished.error else "")
 
     def stop(self) -> TrainJob | None:
         """Stop the running job (its process group), or None when nothing runs."""
