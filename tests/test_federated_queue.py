@@ -226,6 +226,20 @@ def test_a_label_saved_after_an_exclusion_replaces_it_in_the_effort_report(clien
     assert client.get("/fl/effort").json()["labels"] == 1
 
 
+def test_retiring_a_label_or_deleting_its_image_takes_it_out_of_the_queue_at_once(client, studies: Path) -> None:  # type: ignore[no-untyped-def]
+    """While the server runs, /fl/queue never shows a retired label as eligible."""
+    for image in ("phantom_a", "phantom_b"):
+        label = np.zeros(_image(studies, image).shape, np.uint8)
+        label[3:6, 3:6, 3:6] = 1
+        _put_label(client, studies, image, label)
+    assert _entries(client, status="eligible")["total"] == 2
+    assert client.delete("/datastore/label", params={"id": "phantom_b", "tag": "final"}).status_code == 200
+    assert client.delete("/datastore/image", params={"id": "phantom_a"}).status_code == 200
+    assert _entries(client, status="eligible")["total"] == 0
+    reasons = {e["image_id"]: e["reason"] for e in _entries(client, status="excluded")["entries"]}
+    assert set(reasons) == {"phantom_a", "phantom_b"} and all("retired" in r for r in reasons.values())
+
+
 def test_retired_label_is_excluded_when_the_site_job_opens_the_queue(client, studies: Path) -> None:  # type: ignore[no-untyped-def]
     label = np.zeros(_image(studies, "phantom_b").shape, np.uint8)
     label[3:6, 3:6, 3:6] = 1

@@ -78,6 +78,8 @@ class LocalDatastore:
         self._scan_lock = threading.Lock()
         # Called with (saved version, its voxels on the image grid) after every save, e.g. by the federated queue.
         self.label_saved: list[Callable[[LabelVersion, np.ndarray], None]] = []
+        # Called with (image id, tag) after a label is retired or its image deleted.
+        self.label_retired: list[Callable[[str, str], None]] = []
 
     def close(self) -> None:
         self.index.close()
@@ -280,12 +282,14 @@ class LocalDatastore:
         record = self.get_image(image_id)
         with self._write_lock:
             self._move_to_trash(self.root / record.relpath)
-            for head in self.index.heads_for_image(image_id):
+            heads = self.index.heads_for_image(image_id)
+            for head in heads:
                 (self.root / LABELS_DIRNAME / head.tag / f"{image_id}{head.ext}").unlink(missing_ok=True)
             with self.index.transaction() as conn:
                 self.index.tombstone_all(conn, image_id)
                 self.index.delete_images([image_id], conn)
         logger.info("image %s deleted (moved to %s)", image_id, self.trash_dir)
+        self._notify_retired(image_id, [head.tag for head in heads])
 
     def _move_to_trash(self, path: Path) -> None:
         if not path.exists():
@@ -461,6 +465,15 @@ class LocalDatastore:
             self.index.tombstone_head(image_id, head.tag)
             (self.root / LABELS_DIRNAME / head.tag / f"{image_id}{head.ext}").unlink(missing_ok=True)
         logger.info("label %s/%s retired (versions kept)", image_id, tag)
+        self._notify_retired(image_id, [head.tag])
+
+    def _notify_retired(self, image_id: str, tags: list[str]) -> None:
+        for tag in tags:
+            for callback in self.label_retired:
+                try:
+                    callback(image_id, tag)
+                except Exception:  # the retirement is done; a failing subscriber must not turn it into an error
+                    logger.exception("label_retired callback failed for %s/%s", image_id, tag)
 
     def update_label_info(self, image_id: str, tag: str, info: dict[str, Any]) -> dict[str, Any]:
         head = self.label_head(image_id, tag)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from annotation_server.datastore import LocalDatastore
+from annotation_server.datastore import FINAL_TAG, LocalDatastore
 from annotation_server.federated.config import FederatedConfig
 from annotation_server.federated.preannotations import PREANNOTATIONS_DIRNAME, PreannotationStore
 from annotation_server.federated.queue import FederatedQueue
@@ -19,6 +19,12 @@ def attach_federated_queue(
     preannotations = PreannotationStore(datastore.state_dir / PREANNOTATIONS_DIRNAME)
     recorder = QueueRecorder(queue, preannotations, config)
     datastore.label_saved.append(recorder)
+
+    def label_retired(image_id: str, tag: str) -> None:  # retired final labels leave the queue at once
+        if tag == FINAL_TAG:
+            sync_with_datastore(queue, datastore)
+
+    datastore.label_retired.append(label_retired)
     sync_with_datastore(queue, datastore, recorder)
     return queue, preannotations
 
