@@ -139,6 +139,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         workers=settings.infer_workers,
         max_pending=settings.infer_queue_size,
     )
+    inference.warm(tasks.values())
     fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)

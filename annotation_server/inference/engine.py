@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,19 @@ class InferenceService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def warm(self, tasks: Iterable[InferTask]) -> None:
+        """Run each task's warm-up in the inference pool itself, not only where it was loaded.
+
+        Torch's CPU thread team and caches belong to the thread that calls it: warmed elsewhere, the first
+        real click still paid ~20 ms (108 vs 89 ms on the sample CT). A warm-up that fails is logged; the
+        task was already warmed once where it was loaded.
+        """
+        for task in tasks:
+            try:
+                self._executor.submit(task.warmup).result()
+            except Exception:
+                logger.exception("warm-up of %s in the inference pool failed", task.name)
 
     @property
     def pending(self) -> int:

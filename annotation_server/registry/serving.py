@@ -99,6 +99,7 @@ class ServingModels:
         return changed
 
     def _swap(self, name: str, task: InferTask, version: ModelVersion) -> None:
+        self.inference.warm([task])  # its first request must not pay for a cold start either
         previous = self.serving_version(name)
         self.inference.tasks[name] = task  # one assignment: requests in flight keep the task they hold
         self._unloadable.pop(name, None)
