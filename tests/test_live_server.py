@@ -154,3 +154,26 @@ def test_https_for_mitk(live_server, tmp_path: Path) -> None:  # type: ignore[no
     assert info["labels"] == ["kidney", "tumor", "cyst"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{server.port}/info/", timeout=5)
+
+
+def test_monailabel_client_trains_and_asks_for_uncertain_images(live_server, monailabel_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """3D Slicer's Train / Stop buttons and its next-sample strategy list, through MONAI Label's own client."""
+    from annotation_server.phantoms import PhantomConfig, write_phantom_dataset
+
+    studies = tmp_path / "phantoms"
+    write_phantom_dataset(studies, n=3, seed=21, config=PhantomConfig.easy())
+    shutil.copy(Path(__file__).parents[1] / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz", studies)
+    server = live_server("--app", "kidney", "--studies", str(studies))
+    client = monailabel_client(server.url, tmpdir=str(tmp_path), client_id="user-xyz")
+    info = client.info()
+    assert {"kidney_seg", "kidney_click"} <= set(info["trainers"]) and {"epistemic", "tta"} <= set(info["strategies"])
+    assert client.train_status(check_if_running=True) is False
+    job = client.train_start("kidney_seg", {"max_epochs": 50, "val_split": 0.1})
+    assert job["status"] == "RUNNING" and job["request"]["client_id"] == "user-xyz"
+    assert client.train_status(check_if_running=True) is True
+    assert client.train_status()["id"] == job["id"]
+    assert client.train_stop()["status"] == "STOPPED"
+    assert client.train_status(check_if_running=True) is False
+    picked = client.next_sample("epistemic", {})
+    assert picked["id"] == "example_ct_sm"  # the only image without a final label
+    assert picked["strategy"]["epistemic"]["source"] in ("score", "fallback")
