@@ -130,16 +130,17 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store.rescan()
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
-    tasks, failed, bundle_sources = load_models(settings, app_spec, device, registry)
     inference = InferenceService(
-        tasks=tasks,
+        tasks={},
         cache=VolumeCache(settings.cache_mb << 20),
         datastore=store,
         work_dir=settings.data_dir / "tmp" / "results",
         workers=settings.infer_workers,
         max_pending=settings.infer_queue_size,
     )
-    inference.warm(tasks.values())
+    # Loaded and warmed on the inference thread itself, where every later forward pass runs (see `call`).
+    tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
+    inference.tasks.update(tasks)
     fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)

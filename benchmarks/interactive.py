@@ -5,6 +5,7 @@ Runs with no arguments on the embedded sample CT: starts a real `annotate-server
 
 - click_p50_s / click_p95_s: warm click round trips (HTTP in, delta out);
 - raw_forward_p50_s: the click model's forward pass on the same ROI, measured in this run; ratio = p50 / raw;
+  stock_forward_p50_s: the same with PyTorch's stock convolution dispatch (what a plain `network(x)` costs);
 - first_click_s after server start, and its ratio to the warm p50;
 - delta_bytes vs full_label_bytes for a local edit (and on the full-body CT when ../shared is present);
 - info_p99_during_infer_s: GET /info/ while clicks run;
@@ -70,14 +71,25 @@ def clicking(client: httpx.Client, model: str, clicks: int) -> list[float]:
     return times
 
 
-def raw_forward_p50(model: str, repeats: int) -> float:
-    """The same model's forward pass on the patch a click at KIDNEY_CLICKS[0] produces, in this process."""
+def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
+    """The same model's forward pass on the patch a click at KIDNEY_CLICKS[0] produces, in this process.
+
+    `stock`: with PyTorch's own convolution dispatch, as a plain `network(x)` runs, instead of the oneDNN
+    path the server uses for one-patch 3-D inference (annotation_server.inference.onednn).
+    """
+    import torch
+
     from annotation_models import bundle_path
     from annotation_server.imaging import read_volume
     from annotation_server.inference.click_task import BundleClickTask
+    from annotation_server.inference.onednn import OneDNNConv3d
 
     task = BundleClickTask(bundle_path(model))
     task.load("cpu")
+    if stock:
+        for module in task._runtime().network.modules():
+            if type(module) is OneDNNConv3d:
+                module.__class__ = torch.nn.Conv3d
     volume = read_volume(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
     network_input, _, _ = task.network_patch(volume, [KIDNEY_CLICKS[0]], [])
     runtime = task._runtime()
@@ -177,12 +189,15 @@ def main() -> None:
                 warm = clicking(client, args.model, args.clicks)
                 p50, p95 = statistics.median(warm), percentile(warm, 95)
                 raw = raw_forward_p50(args.model, repeats=max(10, args.clicks // 2))
+                stock = raw_forward_p50(args.model, repeats=max(10, args.clicks // 2), stock=True)
                 report.update(
                     {
                         "click_p50_s": round(p50, 4),
                         "click_p95_s": round(p95, 4),
                         "raw_forward_p50_s": round(raw, 4),
                         "ratio": round(p50 / raw, 3),
+                        "stock_forward_p50_s": round(stock, 4),
+                        "ratio_vs_stock_forward": round(p50 / stock, 3),
                         "first_click_s": round(first_click_s, 4),
                         "first_click_vs_warm_p50": round(first_click_s / p50, 3),
                     }

@@ -22,6 +22,7 @@ from monai.transforms import Compose, Invertd, LoadImage, LoadImaged, SaveImage,
 
 from annotation_server.imaging import Volume
 from annotation_server.inference.bundle import Bundle
+from annotation_server.inference.onednn import use_onednn_convolutions
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class BundleRuntime:
         self.network: torch.nn.Module = parser.get_parsed_content("network_def")
         self.network.load_state_dict(load_state_dict(bundle))
         self.network.to(self.device).eval()
+        use_onednn_convolutions(self.network, self.device)
         self._full_preprocessing = parser.get_parsed_content("preprocessing")
         self.preprocessing = _without_file_io(self._full_preprocessing)
         self.inferer: Inferer = (

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,18 +80,16 @@ class InferenceService:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def warm(self, tasks: Iterable[InferTask]) -> None:
-        """Run each task's warm-up in the inference pool itself, not only where it was loaded.
+    def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the inference thread and wait for it: model loading, warm-up, hot swaps, preparing an
+        image for clicks. Every torch call of the server happens on that one thread.
 
-        Torch's CPU thread team and caches belong to the thread that calls it: warmed elsewhere, the first
-        real click still paid ~20 ms (108 vs 89 ms on the sample CT). A warm-up that fails is logged; the
-        task was already warmed once where it was loaded.
+        Why: on a small CPU, a torch operation on any second thread gives the process a second OpenMP team,
+        and GNU OpenMP then stops spinning between parallel regions, for good. The click model's forward
+        pass went from 20 to 28 ms here after one stray tensor sum elsewhere. Not bounded by `max_pending`:
+        callers are the server itself, not clients.
         """
-        for task in tasks:
-            try:
-                self._executor.submit(task.warmup).result()
-            except Exception:
-                logger.exception("warm-up of %s in the inference pool failed", task.name)
+        return self._executor.submit(work).result()
 
     @property
     def pending(self) -> int:

@@ -56,7 +56,8 @@ class InteractiveService:
         volume = self.inference.cache.get(path)  # decoded once, reused by every prompt of the session
         chosen_model = model or self.default_model
         if chosen_model is not None:
-            self.inference.task(chosen_model).prepare(volume)  # e.g. the image in the network's space, now
+            task = self.inference.task(chosen_model)
+            self.inference.call(lambda: task.prepare(volume))  # e.g. the image in the network's space, now
         chosen_label = self._label(label or next(iter(self.labels)))
         session = InteractiveSession(
             image_id=image_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from annotation_server.errors import CorruptFileError
@@ -86,7 +87,7 @@ class ServingModels:
                     continue
                 wanted = self.registry.get(name, number)
                 try:
-                    task = build_version(self.sources[name], wanted, self.device)
+                    task = self.inference.call(partial(build_version, self.sources[name], wanted, self.device))
                 except Exception as exc:
                     self._unloadable[name] = number
                     self.errors[name] = f"{wanted.label} cannot be loaded ({type(exc).__name__}: {exc}); " + (
@@ -99,7 +100,6 @@ class ServingModels:
         return changed
 
     def _swap(self, name: str, task: InferTask, version: ModelVersion) -> None:
-        self.inference.warm([task])  # its first request must not pay for a cold start either
         previous = self.serving_version(name)
         self.inference.tasks[name] = task  # one assignment: requests in flight keep the task they hold
         self._unloadable.pop(name, None)
@@ -110,7 +110,7 @@ class ServingModels:
         """Load and warm the version first; only a version that loads becomes the serving one."""
         candidate = self.registry.get(model, version)
         try:
-            task = build_version(self.sources[model], candidate, self.device)
+            task = self.inference.call(partial(build_version, self.sources[model], candidate, self.device))
         except Exception as exc:
             raise CorruptFileError(
                 f"{candidate.label} was not promoted: it cannot be loaded ({type(exc).__name__}: {exc}); "
