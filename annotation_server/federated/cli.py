@@ -11,9 +11,10 @@ without a running server. `fl_app` is kept free of heavy imports; more `fl` comm
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +22,10 @@ from rich.table import Table
 
 from annotation_server.errors import AnnotationServerError
 from annotation_server.federated.job_cli import register_job_commands
+
+if TYPE_CHECKING:
+    from annotation_server.federated.entries import QueueEntry
+    from annotation_server.federated.queue import FederatedQueue
 
 fl_app = typer.Typer(help="Federated learning: the site's training queue of corrected labels and the effort report.")
 queue_app = typer.Typer(help="The federated training queue: list, count, approve and exclude entries.")
@@ -146,17 +151,7 @@ def queue_approve(
     as_json: JsonOption = False,
 ) -> None:
     """Admit an entry to federated training."""
-    queue = _open_queue(studies)
-    try:
-        entry = queue.approve(entry_id, reviewer)
-    except AnnotationServerError as exc:
-        raise _fail(exc) from exc
-    finally:
-        queue.close()
-    if as_json:
-        typer.echo(entry.model_dump_json(indent=2))
-        return
-    _print_entries([entry], f"entry {entry.id} approved")
+    _review(studies, lambda queue: queue.approve(entry_id, reviewer), "approved", as_json)
 
 
 @queue_app.command("exclude")
@@ -168,9 +163,14 @@ def queue_exclude(
     as_json: JsonOption = False,
 ) -> None:
     """Keep an entry out of federated training (the reason is kept)."""
+    _review(studies, lambda queue: queue.exclude(entry_id, reason, reviewer), "excluded", as_json)
+
+
+def _review(studies: Path, decide: Callable[[FederatedQueue], QueueEntry], verb: str, as_json: bool) -> None:
+    """Approve or exclude one entry and show it; a domain error is a red message and an exit code."""
     queue = _open_queue(studies)
     try:
-        entry = queue.exclude(entry_id, reason, reviewer)
+        entry = decide(queue)
     except AnnotationServerError as exc:
         raise _fail(exc) from exc
     finally:
@@ -178,7 +178,7 @@ def queue_exclude(
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
         return
-    _print_entries([entry], f"entry {entry.id} excluded")
+    _print_entries([entry], f"entry {entry.id} {verb}")
 
 
 @fl_app.command("effort")
