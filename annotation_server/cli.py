@@ -20,32 +20,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from annotation_server import __version__
-from annotation_server.errors import AnnotationServerError
+from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
-console = Console(stderr=True, soft_wrap=True)
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
-
-
-def _settings(**overrides: Any) -> Any:
-    from annotation_server.settings import Settings
-
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _load_app_or_exit(name: str) -> Any:
-    from annotation_server.app_spec import load_app
-
-    try:
-        return load_app(name)
-    except AnnotationServerError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _serve(**overrides: Any) -> None:
@@ -54,7 +37,7 @@ def _serve(**overrides: Any) -> None:
 
     from annotation_server.server import create_app
 
-    settings = _settings(**overrides)
+    settings = settings_from(**overrides)
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
@@ -63,7 +46,7 @@ def _serve(**overrides: Any) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
-    spec = _load_app_or_exit(settings.app)
+    spec = load_app_or_exit(settings.app)
     uvicorn.run(
         create_app(settings, spec),
         host=settings.host,
@@ -119,8 +102,8 @@ def models_list(
     from annotation_server.checksums import file_sha256
     from annotation_server.registry import ModelRegistry
 
-    settings = _settings(app=app, data_dir=data_dir)
-    spec = _load_app_or_exit(settings.app)
+    settings = settings_from(app=app, data_dir=data_dir)
+    spec = load_app_or_exit(settings.app)
     tasks, failed = build_models(spec)
     registry_dir = settings.registry_dir(spec.name)
     registry = ModelRegistry(registry_dir) if registry_dir.is_dir() else None
@@ -167,17 +150,9 @@ DataDirOption = Annotated[Path | None, typer.Option(help="Per-user data folder h
 def _registry(app: str | None, data_dir: Path | None) -> Any:
     from annotation_server.registry import ModelRegistry
 
-    settings = _settings(app=app, data_dir=data_dir)
-    spec = _load_app_or_exit(settings.app)
+    settings = settings_from(app=app, data_dir=data_dir)
+    spec = load_app_or_exit(settings.app)
     return ModelRegistry(settings.registry_dir(spec.name))
-
-
-def _or_exit(action: Any) -> Any:
-    try:
-        return action()
-    except AnnotationServerError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
 
 
 @models_cli.command("versions")
@@ -222,7 +197,7 @@ def models_promote(
 ) -> None:
     """Serve a version. A running server switches to it within seconds, without a restart."""
     registry = _registry(app, data_dir)
-    promoted = _or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
+    promoted = or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
     typer.echo(f"{promoted.label} is now serving")
 
 
@@ -236,7 +211,7 @@ def models_rollback(
 ) -> None:
     """Serve the previous version again. A running server switches within seconds."""
     registry = _registry(app, data_dir)
-    restored = _or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
+    restored = or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
     typer.echo(f"{restored.label} is now serving")
 
 
@@ -257,11 +232,13 @@ def train_command(
     """Fine-tune from the serving version on all 'final' labels; the result is a new version (with its
     training curve), promoted only if the gate passes. The same job as POST /train/{model}."""
     from annotation_server.datastore import LocalDatastore
+    from annotation_server.inference.model_sources import BundleModel
     from annotation_server.learning.finetune import FineTuneParams, fine_tune, labeled_images, split
     from annotation_server.learning.reporting import progress_bar
+    from annotation_server.registry import ModelRegistry
 
-    settings = _settings(app=app, data_dir=data_dir)
-    spec = _load_app_or_exit(settings.app)
+    settings = settings_from(app=app, data_dir=data_dir)
+    spec = load_app_or_exit(settings.app)
     chosen = model or next(iter(spec.trainers), None)
     if chosen is None:
         console.print(f"[red]error:[/red] app '{spec.name}' has no trainable models")
@@ -269,10 +246,10 @@ def train_command(
     if not studies.is_dir():
         console.print(f"[red]error:[/red] studies folder '{studies}' does not exist")
         raise typer.Exit(2)
-    registry = _registry(app, data_dir)
+    registry = ModelRegistry(settings.registry_dir(spec.name))
     source = next((m for m in spec.models if m.name == chosen), None)
-    if source is not None and hasattr(source, "path") and registry.serving(chosen) is None:
-        _or_exit(lambda: registry.ensure_registered(chosen, Path(source.path)))
+    if isinstance(source, BundleModel) and registry.serving(chosen) is None:  # no server has registered it yet
+        or_exit(lambda: registry.ensure_registered(chosen, Path(source.path)))
     store = LocalDatastore(studies)
     store.rescan()
     items = labeled_images(store)
@@ -285,9 +262,9 @@ def train_command(
         auto_promote=promote,
         device=device,
     )
-    train_items, _ = _or_exit(lambda: split(items, val_split))
+    train_items, _ = or_exit(lambda: split(items, val_split))
     with progress_bar(f"{chosen} on {len(train_items)} labels", params.total_steps(len(train_items))) as progress:
-        outcome = _or_exit(lambda: fine_tune(dict(spec.trainers), chosen, items, registry, params, progress))
+        outcome = or_exit(lambda: fine_tune(dict(spec.trainers), chosen, items, registry, params, progress))
     store.close()
     verdict = "promoted, now serving" if outcome.promoted else f"kept as a candidate ({outcome.gate.reason})"
     console.print(f"{outcome.version.label}: {verdict}; curve {Path(outcome.version.path) / 'training_curve.png'}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends
 
 from annotation_server import __version__
@@ -9,17 +11,23 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import InfoResponse, ModelDescription, StrategyDescription
 from annotation_server.inference.labels import foreground_labels
+from annotation_server.learning.finetune import FineTuneParams
 from annotation_server.services import Services
 
 router = CompatRouter(tags=["info"])
 
-# Defaults 3D Slicer shows in its training options (lists become dropdowns, the first item chosen).
-_TRAIN_CONFIG = {"max_epochs": 20, "val_split": 0.2, "train_batch_size": 2, "learning_rate": 5e-4, "device": ["cpu"]}
+
+def _train_config(device: str) -> dict[str, Any]:
+    """The training defaults 3D Slicer shows as options (a list becomes a dropdown, its first item chosen)."""
+    defaults = FineTuneParams()
+    shown = ("max_epochs", "val_split", "train_batch_size", "learning_rate")
+    return {**{key: getattr(defaults, key) for key in shown}, "device": list(dict.fromkeys([device, "cpu"]))}
 
 
 @router.get("/info/", response_model=InfoResponse, summary="App, models, strategies and datastore summary")
 def info(services: Services = Depends(get_services)) -> InfoResponse:
     app = services.app
+    train_config = _train_config(services.device)
     models = {
         task.name: ModelDescription(
             type=task.type,
@@ -39,7 +47,7 @@ def info(services: Services = Depends(get_services)) -> InfoResponse:
         models=models,
         strategies={k: StrategyDescription(**v) for k, v in services.active_learning.describe().items()},
         trainers={
-            name: {"description": f"fine-tune {name} on this site's 'final' labels", "config": _TRAIN_CONFIG}
+            name: {"description": f"fine-tune {name} on this site's 'final' labels", "config": train_config}
             for name in services.training.trainable
         },
         train_stats=services.training.stats(),

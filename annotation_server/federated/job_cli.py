@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from annotation_server.errors import AnnotationServerError
-
-console = Console(stderr=True, soft_wrap=True)
+from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 ModelOption = Annotated[str | None, typer.Option(help="Model to train (default: the app's first trainable model)")]
@@ -33,30 +30,22 @@ LocalStepsOption = Annotated[
 ]
 
 
-def _settings(**overrides: Any) -> Any:
-    from annotation_server.settings import Settings
-
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def _run(action: Any) -> Any:
-    """Run a command body; domain errors become a red message and exit code 1 (failed run) or 2 (bad input)."""
+    """Run a command body; a failed federation exits 1, other domain errors (bad input) exit 2."""
     from annotation_server.federated.nvflare_support import FederationFailedError
 
-    try:
-        return action()
-    except FederationFailedError as exc:
-        console.print(f"[red]federation failed:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    except AnnotationServerError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+    def failed_run_exits_1() -> Any:
+        try:
+            return action()
+        except FederationFailedError as exc:
+            console.print(f"[red]federation failed:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+
+    return or_exit(failed_run_exits_1)
 
 
 def _app(name: str | None) -> Any:
-    from annotation_server.app_spec import load_app
-
-    return _run(lambda: load_app(_settings(app=name).app))
+    return load_app_or_exit(settings_from(app=name).app)
 
 
 @contextlib.contextmanager
@@ -153,7 +142,7 @@ def import_command(
     from annotation_server.federated.global_model import import_global_model
     from annotation_server.registry import ModelRegistry
 
-    settings = _settings(app=app, data_dir=data_dir, studies=studies)
+    settings = settings_from(app=app, data_dir=data_dir, studies=studies)
     spec = _app(app)
     registry = ModelRegistry(settings.registry_dir(spec.name))
     outcome = _run(

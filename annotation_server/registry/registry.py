@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS events (
     previous INTEGER, actor TEXT NOT NULL, reason TEXT NOT NULL);
 """
 MANIFEST = "manifest.json"
+# A version's row plus whether it ever served (a past promotion or rollback to it): one query, not one per version.
+_SELECT_VERSIONS = (
+    "SELECT v.*, EXISTS(SELECT 1 FROM events e WHERE e.model = v.model AND e.version = v.version "
+    "AND e.action IN ('promote', 'rollback')) AS served FROM versions v"
+)
 
 
 class ModelRegistry:
@@ -65,10 +70,7 @@ class ModelRegistry:
 
     def _row_to_version(self, row: sqlite3.Row, serving: int | None) -> ModelVersion:
         version = int(row["version"])
-        if serving == version:
-            status = "serving"
-        else:
-            status = "retired" if self._was_served(row["model"], version) else "candidate"
+        status = "serving" if serving == version else ("retired" if row["served"] else "candidate")
         return ModelVersion(
             model=row["model"],
             version=version,
@@ -81,14 +83,6 @@ class ModelRegistry:
             provenance=json.loads(row["provenance"]),
             note=row["note"],
         )
-
-    def _was_served(self, model: str, version: int) -> bool:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT 1 FROM events WHERE model=? AND version=? AND action IN ('promote','rollback') LIMIT 1",
-                (model, version),
-            ).fetchone()
-        return row is not None
 
     # --------------------------------------------------------------------------------------------- queries
     def models(self) -> list[str]:
@@ -103,12 +97,12 @@ class ModelRegistry:
     def versions(self, model: str) -> list[ModelVersion]:
         serving = self.serving_number(model)
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM versions WHERE model=? ORDER BY version", (model,)).fetchall()
+            rows = db.execute(f"{_SELECT_VERSIONS} WHERE model=? ORDER BY version", (model,)).fetchall()
         return [self._row_to_version(r, serving) for r in rows]
 
     def get(self, model: str, version: int) -> ModelVersion:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM versions WHERE model=? AND version=?", (model, version)).fetchone()
+            row = db.execute(f"{_SELECT_VERSIONS} WHERE model=? AND version=?", (model, version)).fetchone()
         if row is None:
             known = ", ".join(str(v.version) for v in self.versions(model)) or "none"
             raise NotFoundError(f"model '{model}' has no version {version} (versions: {known})")
