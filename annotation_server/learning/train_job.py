@@ -8,6 +8,7 @@ lines in the job's events file, which the server tails for `GET /train/`, `/info
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from annotation_server.learning.finetune import FineTuneParams, LabeledImage, fine_tune
+from annotation_server.learning.finetune import FineTuneParams, LabeledImage, fine_tune, split
 from annotation_server.learning.trainer import TrainProgress
 
 EVENTS = "events.jsonl"
@@ -50,8 +51,13 @@ def run(spec_file: Path) -> int:
     events = spec_file.parent / EVENTS
     if spec.nice:
         os.nice(spec.nice)  # serving (clicks) must win the CPU when both want it
-    train_count = max(1, len(spec.items) - max(1, round(len(spec.items) * spec.params.val_split)))
-    steps_per_epoch = max(1, -(-train_count // spec.params.train_batch_size))
+    train_items, _ = split(spec.items, spec.params.val_split)  # the split fine_tune makes
+    label_epoch_steps = max(1, -(-len(train_items) // spec.params.train_batch_size))
+
+    def steps_per_epoch(total_steps: int) -> float:
+        """Asked for in epochs: total steps / epochs (a recipe may make several samples per label)."""
+        return total_steps / spec.params.max_epochs if spec.params.steps is None else label_epoch_steps
+
     server = os.getppid()  # its own session, so a killed server's signals never reach it: it checks instead
 
     def progress(p: TrainProgress) -> None:
@@ -63,8 +69,8 @@ def run(spec_file: Path) -> int:
             {
                 "step": p.step,
                 "total_steps": p.total_steps,
-                "epoch": -(-p.step // steps_per_epoch),
-                "total_epochs": -(-p.total_steps // steps_per_epoch),
+                "epoch": math.ceil(p.step / steps_per_epoch(p.total_steps)),
+                "total_epochs": math.ceil(p.total_steps / steps_per_epoch(p.total_steps)),
                 "loss": round(p.loss, 5),
                 "val_dice": None if p.val_dice is None else round(p.val_dice, 5),
                 "best_metric": None if p.best_dice is None else round(p.best_dice, 5),
