@@ -4,6 +4,7 @@ annotate-server --app kidney [--studies DIR] [--host H] [--port P]
 annotate-server models list --app kidney [--json]
 annotate-server models versions kidney_seg | promote kidney_seg 3 | rollback kidney_seg [--to 2]
 annotate-server train --app kidney --studies DIR --model kidney_seg [--max-epochs N]
+annotate-server users add NAME --role annotator | list | passwd NAME | role NAME ROLE | remove NAME
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from annotation_server import __version__
+from annotation_server.auth.cli import users_app
 from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
 
@@ -27,6 +29,7 @@ cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
+cli.add_typer(users_app, name="users")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 

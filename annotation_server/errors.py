@@ -40,6 +40,14 @@ class AlreadyRunningError(ConflictError):
     """A one-at-a-time job (training, scoring) is already running; MONAI Label answers this with 429."""
 
 
+class UpstreamError(AnnotationServerError):
+    """A server we depend on (the PACS behind a DICOMweb datastore) answered with an error: HTTP 502."""
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """A server we depend on cannot be reached or timed out: HTTP 503, worth retrying later."""
+
+
 class BusyError(AnnotationServerError):
     """The server is at capacity for this kind of work; the client should retry later."""
 

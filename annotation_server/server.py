@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
@@ -33,8 +33,14 @@ from annotation_server.api import (
     versions,
 )
 from annotation_server.api.errors import install_error_handlers
+from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
+from annotation_server.auth import routes as auth_routes
+from annotation_server.auth.dependencies import authorize
+from annotation_server.auth.service import AuthService
 from annotation_server.datastore import LocalDatastore
+from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
+from annotation_server.errors import UpstreamError
 from annotation_server.federated import attach_federated_queue
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
@@ -45,6 +51,7 @@ from annotation_server.interactive.manager import SessionManager
 from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.jobs import TrainingJobs
+from annotation_server.learning.reservations import Reservations
 from annotation_server.learning.score_cache import ScoreCache
 from annotation_server.learning.scoring import ScoringService
 from annotation_server.learning.strategies import builtin_strategies
@@ -124,10 +131,17 @@ def default_click_model(tasks: dict[str, InferTask]) -> str | None:
     return chosen.name if chosen is not None else None
 
 
-def build_services(settings: Settings, app_spec: AppSpec) -> Services:
-    studies = resolve_studies(settings)
-    store = LocalDatastore(studies)
+def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | DicomWebDatastore:
+    """A PACS over DICOMweb when `dicomweb_url` (or `--studies http://...`) is set, else a folder of studies."""
+    if settings.dicomweb_url:
+        return open_dicomweb_datastore(settings, app_spec.labels)
+    store = LocalDatastore(resolve_studies(settings))
     store.rescan()
+    return store
+
+
+def build_services(settings: Settings, app_spec: AppSpec) -> Services:
+    store = open_datastore(settings, app_spec)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
@@ -168,7 +182,9 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         datastore=store,
         inference=inference,
         sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
-        active_learning=ActiveLearningService(strategies, store, interactive.manager.locked_images),
+        active_learning=ActiveLearningService(
+            strategies, store, interactive.manager.locked_images, Reservations(settings.next_sample_reservation_s)
+        ),
         interactive=interactive,
         registry=registry,
         serving=serving,
@@ -185,6 +201,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         device=device,
         device_names=device_names,
         failed_models=failed,
+        auth=AuthService.from_settings(settings),
     )
 
 
@@ -193,13 +210,18 @@ def startup_summary(services: Services) -> str:
     scheme = "https" if settings.ssl_certfile else "http"
     models = ", ".join(f"{t.name} ({t.type}, v{t.version})" for t in services.inference.tasks.values()) or "none"
     store = services.datastore
+    if isinstance(store, DicomWebDatastore):
+        where = f"the PACS at {store.client.url} (cached in {store.local.root})"
+    else:
+        where = str(getattr(store, "root", "?"))
     lines = [
         f"annotation-server {__version__} listening on {scheme}://{settings.host}:{settings.port}",
         f"  app:     {services.app.name} - {services.app.description}",
         f"  models:  {models} on {services.device}",
         *(f"  NOT SERVED: {name}: {reason}" for name, reason in services.failed_models.items()),
-        f"  studies: {store.stats().total} in {getattr(store, 'root', '?')}",
+        f"  studies: {store.stats().total} in {where}",
         f"  logs:    {settings.log_file}",
+        f"  auth:    {services.auth.describe()}",
     ]
     return "\n".join(lines)
 
@@ -209,6 +231,8 @@ async def _every(seconds: float, work: object) -> None:
         await asyncio.sleep(seconds)
         try:
             await asyncio.to_thread(work)  # type: ignore[arg-type]
+        except UpstreamError as exc:  # e.g. the PACS is down: one line per round, not a traceback
+            logger.warning("background task %s: %s", getattr(work, "__name__", work), exc)
         except Exception:  # a failed housekeeping round must not stop the next one
             logger.exception("background task failed")
 
@@ -272,6 +296,11 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
     def prometheus_metrics() -> Response:
         return metrics.exposition()
 
+    # Every API route is guarded by the role table in auth/policy.py (a no-op while auth is off); /auth/* is
+    # mounted only when auth is on, so clients see the 404 that means "no login needed".
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(authorize)])
+    if settings.auth_enabled:
+        app.include_router(auth_routes.router)
+    mount_viewer(app)  # static files at /viewer/, after every API route
     return app

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from annotation_server.app_spec import AppSpec
+from annotation_server.auth.service import AuthService
 from annotation_server.datastore import Datastore
 from annotation_server.federated.preannotations import PreannotationStore
 from annotation_server.federated.queue import FederatedQueue
@@ -41,6 +42,7 @@ class Services:
     device: str
     device_names: list[str]
     failed_models: dict[str, str] = field(default_factory=dict)
+    auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:
@@ -50,3 +52,4 @@ class Services:
         self.preannotations.close()
         self.fl_queue.close()
         self.datastore.close()
+        self.auth.close()

@@ -6,10 +6,12 @@ so tests can run several differently configured servers in one process.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_data_path
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +36,11 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Logging level: debug, info, warning, error")
     cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="Allowed CORS origins")
     session_expiry_s: int = Field(3600, ge=1, description="Longest a MONAI Label session lives after its last use")
+    next_sample_reservation_s: int = Field(
+        1800,
+        ge=1,
+        description="How long an image offered by next sample stays reserved for the annotator it was offered to",
+    )
     max_upload_mb: int = Field(2048, ge=1, description="Largest accepted upload (image, label or session), in MB")
     infer_workers: int = Field(1, ge=1, description="Inference threads (one model instance is shared between them)")
     infer_queue_size: int = Field(
@@ -54,6 +61,39 @@ class Settings(BaseSettings):
     scoring_threads: int = Field(1, ge=1, description="Torch threads of the background scoring thread")
     ssl_certfile: Path | None = Field(None, description="TLS certificate (MITK only speaks HTTPS)")
     ssl_keyfile: Path | None = Field(None, description="TLS private key")
+    dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb root of a PACS to serve instead of a folder (e.g. http://pacs:8042/dicom-web); "
+        "`--studies http://...` sets it too",
+    )
+    dicomweb_username: str | None = Field(None, description="PACS user for HTTP basic auth")
+    dicomweb_password: SecretStr | None = Field(None, description="PACS password for HTTP basic auth")
+    dicomweb_token: SecretStr | None = Field(None, description="PACS bearer token (instead of basic auth)")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="Seconds to wait for one PACS request")
+    dicomweb_cache_dir: Path | None = Field(
+        None, description="Local copy of fetched series and the label versions; default: <data dir>/dicomweb/<host>"
+    )
+    auth_enabled: bool = Field(
+        False, description="Require logins (users from `annotate-server users add`); off: every request is admin"
+    )
+    auth_token_expiry_s: int = Field(
+        8 * 3600, ge=60, description="Lifetime of a login token; clients log in again after it (default: a shift)"
+    )
+    auth_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _studies_url_is_dicomweb(cls, data: Any) -> Any:
+        """`--studies http(s)://...` (MONAI Label's way to name a PACS) selects the DICOMweb datastore."""
+        if isinstance(data, dict) and data.get("studies") is not None:
+            text = re.sub(r"^(https?):/+", r"\1://", str(data["studies"]))
+            if text.startswith(("http://", "https://")):
+                data = {**data, "studies": None, "dicomweb_url": data.get("dicomweb_url") or text}
+        return data
 
     @property
     def log_dir(self) -> Path:

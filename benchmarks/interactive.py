@@ -9,9 +9,12 @@ Runs with no arguments on the embedded sample CT: starts a real `annotate-server
 - first_click_s after server start, and its ratio to the warm p50;
 - delta_bytes vs full_label_bytes for a local edit (and on the full-body CT when ../shared is present);
 - info_p99_during_infer_s: GET /info/ while clicks run;
-- with --clients N: N annotators clicking at once: errors and p95 against the single-client p95.
+- with --clients N: N annotators clicking at once, each pausing --think-s seconds on average (uniform, from
+  half to one and a half times it) between clicks, as a person looks at the result before the next click:
+  errors and p95 against the single-client p95. The same N clients are also run back to back with no pause
+  (`saturated`): that measures the server's throughput, not annotators.
 
-    python benchmarks/interactive.py [--model kidney_click] [--clicks 40] [--clients 8]
+    python benchmarks/interactive.py [--model kidney_click] [--clicks 40] [--clients 8] [--think-s 1.0]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
 import statistics
 import tempfile
 import threading
@@ -62,13 +66,62 @@ class Annotator:
         return elapsed, response.json()
 
 
-def clicking(client: httpx.Client, model: str, clicks: int) -> list[float]:
+def clicking(
+    client: httpx.Client, model: str, clicks: int, think_s: float = 0.0, answers: list[dict] | None = None
+) -> list[float]:
+    """One annotator's clicks: their round trips (and, into `answers`, what the server said of each)."""
     annotator = Annotator(client, model)
     times = []
     for index in range(clicks):
-        elapsed, _ = annotator.click(KIDNEY_CLICKS[index % len(KIDNEY_CLICKS)], new_object=index % 2 == 0)
+        if think_s:  # before the first click too: annotators do not start in lockstep
+            time.sleep(random.uniform(0.5, 1.5) * think_s)
+        elapsed, answer = annotator.click(KIDNEY_CLICKS[index % len(KIDNEY_CLICKS)], new_object=index % 2 == 0)
         times.append(elapsed)
+        if answers is not None:
+            answers.append(answer)
     return times
+
+
+def where_the_time_goes(times: list[float], answers: list[dict]) -> dict[str, float]:
+    """Medians of a click's parts: the forward pass, the rest of the server's work, and HTTP (client side)."""
+    forward = statistics.median(a["timing"]["forward_s"] for a in answers)
+    server = statistics.median(a["seconds"] for a in answers)
+    return {
+        "server_forward_p50_s": round(forward, 4),
+        "server_other_p50_s": round(server - forward, 4),
+        "http_and_client_p50_s": round(statistics.median(times) - server, 4),
+    }
+
+
+def many_annotators(client: httpx.Client, model: str, clients: int, clicks: int, think_s: float) -> dict[str, object]:
+    """`clients` annotators clicking at once; every click's round trip, and errors counted (not raised)."""
+    errors: list[str] = []
+    all_times: list[float] = []
+    lock = threading.Lock()
+
+    def annotator() -> None:
+        try:
+            times = clicking(client, model, clicks, think_s)
+            with lock:
+                all_times.extend(times)
+        except Exception as exc:  # counted, not raised: the number of errors is the result
+            with lock:
+                errors.append(repr(exc))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=annotator) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_s": round(statistics.median(all_times), 4) if all_times else None,
+        "p95_s": round(percentile(all_times, 95), 4) if all_times else None,
+        "clicks_per_s": round(len(all_times) / wall, 2),
+    }
 
 
 def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
@@ -82,7 +135,7 @@ def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
     from annotation_models import bundle_path
     from annotation_server.imaging import read_volume
     from annotation_server.inference.click_task import BundleClickTask
-    from annotation_server.inference.onednn import OneDNNConv3d
+    from annotation_server.inference.onednn import OneDNNConv3d, OneDNNConvTranspose3d
 
     task = BundleClickTask(bundle_path(model))
     task.load("cpu")
@@ -90,6 +143,8 @@ def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
         for module in task._runtime().network.modules():
             if type(module) is OneDNNConv3d:
                 module.__class__ = torch.nn.Conv3d
+            elif type(module) is OneDNNConvTranspose3d:
+                module.__class__ = torch.nn.ConvTranspose3d
     volume = read_volume(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
     network_input, _, _ = task.network_patch(volume, [KIDNEY_CLICKS[0]], [])
     runtime = task._runtime()
@@ -159,6 +214,9 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--clients", type=int, default=0, help="also run N annotators at once")
     parser.add_argument(
+        "--think-s", type=float, default=1.0, help="with --clients: mean pause between one annotator's clicks"
+    )
+    parser.add_argument(
         "--full-ct",
         type=Path,
         default=default_full_ct(),
@@ -186,7 +244,9 @@ def main() -> None:
                 if args.full_ct is not None:
                     report["full_ct"] = full_ct_edit(client, args.model, args.full_ct)
 
-                warm = clicking(client, args.model, args.clicks)
+                answers: list[dict] = []
+                warm = clicking(client, args.model, args.clicks, answers=answers)
+                report["click_parts"] = where_the_time_goes(warm, answers)
                 p50, p95 = statistics.median(warm), percentile(warm, 95)
                 raw = raw_forward_p50(args.model, repeats=max(10, args.clicks // 2))
                 stock = raw_forward_p50(args.model, repeats=max(10, args.clicks // 2), stock=True)
@@ -223,32 +283,22 @@ def main() -> None:
                 report["info_p99_during_infer_s"] = round(percentile(info_times, 99), 4)
 
                 if args.clients:
-                    errors: list[str] = []
-                    all_times: list[float] = []
-                    lock = threading.Lock()
-
-                    def annotator() -> None:
-                        try:
-                            times = clicking(client, args.model, max(5, args.clicks // 4))
-                            with lock:
-                                all_times.extend(times)
-                        except Exception as exc:  # counted, not raised: the number of errors is the result
-                            with lock:
-                                errors.append(repr(exc))
-
-                    threads = [threading.Thread(target=annotator) for _ in range(args.clients)]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    multi_p95 = percentile(all_times, 95) if all_times else float("nan")
+                    clicks = max(5, args.clicks // 4)
+                    paced = many_annotators(client, args.model, args.clients, 2 * clicks, args.think_s)
+                    saturated = many_annotators(client, args.model, args.clients, clicks, 0.0)
                     report.update(
                         {
                             "clients": args.clients,
-                            "errors": len(errors),
-                            "error_samples": errors[:3],
-                            "multi_p95_s": round(multi_p95, 4),
-                            "multi_p95_vs_single_p95": round(multi_p95 / p95, 3),
+                            "think_s": args.think_s,
+                            "errors": paced["errors"] + saturated["errors"],
+                            "error_samples": paced["error_samples"] + saturated["error_samples"],
+                            "multi_p95_s": paced["p95_s"],
+                            "multi_p95_vs_single_p95": round(paced["p95_s"] / p95, 3) if paced["p95_s"] else None,
+                            "paced": paced,
+                            "saturated": {
+                                **saturated,
+                                "p95_vs_single_p95": round(saturated["p95_s"] / p95, 3) if saturated["p95_s"] else None,
+                            },
                         }
                     )
         finally:

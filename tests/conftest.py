@@ -102,7 +102,8 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.process.stdout.read() if self.process.stdout else ''}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/info/", timeout=2, verify=False).status_code == 200:
+                # 401: up, with logins required (ANNOTATE_AUTH_ENABLED)
+                if httpx.get(f"{self.url}/info/", timeout=2, verify=False).status_code in (200, 401):
                     return time.monotonic() - self.started
             time.sleep(0.2)
         self.stop()

@@ -27,6 +27,7 @@ from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.model_sources import BundleModel
 from annotation_server.inference.task import InferTask
 from annotation_server.learning.active_learning import ActiveLearningService
+from annotation_server.learning.reservations import Reservations
 from annotation_server.learning.score_cache import ScoreCache
 from annotation_server.learning.scoring import ScoringService
 from annotation_server.learning.uncertainty import EpistemicScorer, TTAScorer, UncertaintyScore
@@ -214,7 +215,9 @@ def test_strategy_falls_back_without_waiting_then_picks_the_highest_unlabeled_un
     gate = threading.Event()
     service, store, _ = service_for({"a": 10, "b": 90, "c": 50, "d": 70}, gate=gate)
     locked: set[str] = set()
-    active = ActiveLearningService(uncertainty_strategies(service), store, lambda: set(locked))
+    # reservations that lapse at once: this test is about scores (reservations are tested in test_api.py)
+    lapsing = Reservations(ttl_s=1e-9)
+    active = ActiveLearningService(uncertainty_strategies(service), store, lambda: set(locked), lapsing)
 
     started = time.monotonic()
     pick = active.next_sample("chosen", {"client_id": "annotator-1"})

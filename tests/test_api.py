@@ -363,6 +363,37 @@ def test_activelearning_first_last_random(client) -> None:  # type: ignore[no-un
     )
 
 
+def test_next_sample_offers_each_annotator_a_different_image(client) -> None:  # type: ignore[no-untyped-def]
+    def ask(who: str | None) -> str | None:
+        return client.post("/activelearning/first", json={"client_id": who} if who else {}).json().get("id")
+
+    assert [ask("ann1"), ask("ann2")] == ["phantom_a", "phantom_b"]
+    assert ask("ann1") == "sample_ct"  # asking again means ann1 moved on from phantom_a ...
+    assert ask("ann3") == "phantom_a"  # ... which is free for others again
+    assert ask("ann4") is None and ask(None) is None  # every image is reserved for someone
+    assert ask("ann1") == "sample_ct"  # nothing but what ann1 skipped is left for ann1: offered again
+    answer = client.post("/activelearning/first", json={"client_id": "ann2"}).json()
+    assert answer["id"] == "phantom_b" and answer["strategy"]["first"]["reserved_for"] == "ann2"
+    # a saved final label ends the question for everyone: phantom_b is not offered again, even to ann2
+    client.put("/datastore/label?image=phantom_b", files={"label": ("l.nii.gz", _label_for(client, "phantom_b"))})
+    assert ask("ann2") is None
+
+
+def test_reservations_expire_and_are_released_when_the_annotator_moves_on() -> None:
+    from annotation_server.learning.reservations import Reservations
+
+    now = [0.0]
+    reservations = Reservations(ttl_s=60, clock=lambda: now[0])
+    reservations.reserve("img1", "ann1")
+    assert reservations.held_by_others("ann2") == {"img1"} and reservations.held_by_others("ann1") == set()
+    now[0] = 59.0
+    assert reservations.held_by_others("ann2") == {"img1"}
+    now[0] = 60.0
+    assert reservations.held_by_others("ann2") == set()  # expired: ann1 went home
+    reservations.reserve("img2", "ann1")
+    assert reservations.release_for("ann1") == {"img2"} and reservations.snapshot() == []
+
+
 # --------------------------------------------------------------------------------------------------- sessions
 def test_session_lifecycle_and_infer_by_session(client, sample_ct: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     created = client.put(

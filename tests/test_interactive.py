@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import TEST_APP, CubeTask
 
+from annotation_server.inference.task import InferResult
 from annotation_server.interactive.delta import apply_delta
 
 
@@ -324,3 +325,91 @@ def test_delta_covers_only_the_voxels_a_refinement_altered() -> None:
     client[tight] = server[tight]  # what apply_delta does with the answer
     assert np.array_equal(client, server)
     assert changed_voxels_box(Change(box, before, before.copy(), None, None, "point")) is None
+
+
+class WobbleCube(CubeTask):
+    """A click model whose re-prediction also wobbles a far corner: a 5^3 cube around the first foreground
+    click, minus a 3^3 cube around each background click, and (once corrected) minus the far corner voxel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "wobble"
+
+    def infer(self, volume, params):  # type: ignore[no-untyped-def]
+        mask = np.zeros(volume.array.shape, np.uint8)
+        i, j, k = params.foreground[0]
+        mask[i - 2 : i + 3, j - 2 : j + 3, k - 2 : k + 3] = 1
+        for a, b, c in params.background:
+            mask[a - 1 : a + 2, b - 1 : b + 2, c - 1 : c + 2] = 0
+        if params.background:
+            mask[i - 2, j - 2, k - 2] = 0  # the wobble: far from the correction, not asked for
+        return InferResult(mask=mask, label_names={params.label or "kidney": 1})
+
+
+@pytest.mark.parametrize("scope", ["local", "object"])
+def test_a_correction_changes_only_the_region_connected_to_the_click(tmp_path: Path, studies: Path, scope: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from annotation_server.app_spec import AppSpec
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    spec = AppSpec(name="wobble", description="", labels={"kidney": 1}, models=[WobbleCube()])
+    settings = Settings(studies=studies, data_dir=tmp_path / "d", rescan_interval_s=0)
+    with TestClient(create_app(settings, spec)) as http:
+        viewer = Client(http)
+        viewer.point((8, 8, 8))
+        first = viewer.mask.copy()
+        assert first.sum() == 125
+        viewer.point((10, 8, 8), positive=False, prompt={"scope": scope})  # trims the cube's +i face
+        expected = first.copy()
+        expected[9:11, 7:10, 7:10] = 0
+        if scope == "object":
+            expected[6, 6, 6] = 0  # the model's whole answer, wobble included
+        assert np.array_equal(viewer.mask, expected)
+        assert np.array_equal(viewer.server_mask(), expected)
+        viewer.send("undo")
+        assert np.array_equal(viewer.mask, first)
+
+
+def test_keep_change_at_click_lets_an_ignored_click_keep_the_models_answer() -> None:
+    from annotation_server.interactive.session import ObjectState
+    from annotation_server.interactive.tools import keep_change_at_click
+
+    previous = np.zeros((20, 20, 20), bool)
+    previous[5:10, 5:10, 5:10] = True
+    box = (slice(5, 10), slice(5, 10), slice(5, 10))
+    obj = ObjectState(label="kidney", value=1, box=box, mask=previous[box].copy())
+    answer = previous.astype(np.uint8)
+    answer[5, 5, 5] = 0  # a wobble far from the click
+    search = keep_change_at_click(obj, answer, None, (9, 9, 9))  # the clicked voxel did not change
+    assert answer[5, 5, 5] == 0 and search == box
+    answer[9, 9, 9] = 0  # now it did: only its own component of change stays
+    keep_change_at_click(obj, answer, None, (9, 9, 9))
+    assert answer[5, 5, 5] == 1 and answer[9, 9, 9] == 0
+
+
+def test_a_session_can_start_from_a_saved_label_and_save_its_correction(client) -> None:  # type: ignore[no-untyped-def]
+    first = Client(client)
+    first.point((8, 8, 8))
+    saved = client.post(f"/interactive/sessions/{first.id}/save", json={"tag": "final"}).json()
+    assert saved["version"] == 1
+
+    second = Client(client, from_label="final")
+    assert second.state["started_from"] == {"tag": "final", "version": 1}
+    assert np.array_equal(second.server_mask(), first.mask)  # the saved label, not an empty mask
+    second.mask = second.server_mask()
+    second.point((14, 8, 8), prompt={"label": "tumor"})  # a new object on top of the saved label
+    assert second.mask[8, 8, 8] == 1 and second.mask[14, 8, 8] == 2
+    second.send("undo")
+    assert np.array_equal(second.mask, first.mask)  # undo goes back to the saved label, not to empty
+    client.post(f"/interactive/sessions/{second.id}/redo")
+    again = client.post(f"/interactive/sessions/{second.id}/save", json={"tag": "final"}).json()
+    assert again["version"] == 2
+    info = client.get("/datastore/label/info", params={"label": "phantom_a", "tag": "final"}).json()
+    assert info["version"] == 2 and info["started_from"] == {"tag": "final", "version": 1}
+
+    older = Client(client, from_label="final", from_version=1)
+    assert older.server_mask()[14, 8, 8] == 0
+    missing = client.post("/interactive/sessions", json={"image": "phantom_b", "from_label": "final"})
+    assert missing.status_code == 404 and "phantom_b" in missing.json()["detail"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Body, Depends
+from fastapi import Body, Depends, Request
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.auth.dependencies import acting_user, current_principal
+from annotation_server.auth.roles import Principal
 from annotation_server.errors import InvalidRequestError
 from annotation_server.services import Services
 
@@ -17,9 +19,17 @@ router = CompatRouter(tags=["activelearning"])
 @router.post("/activelearning/{strategy}", summary="Next image to annotate ({} when every image is labeled)")
 def next_sample(
     strategy: str,
+    request: Request,
     params: Any = Body(None, description="optional JSON object; clients add client_id"),
     services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> dict[str, Any]:
+    """The image is reserved for the caller (the logged-in user with auth on, else their client_id, else their
+    address) so that annotators asking at the same time get different images."""
     if params is not None and not isinstance(params, dict):
         raise InvalidRequestError("the body must be a JSON object (or empty)")
-    return services.active_learning.next_sample(strategy, params or {})
+    client_id = (params or {}).get("client_id")
+    declared = client_id if isinstance(client_id, str) and client_id else None
+    address = f"address:{request.client.host if request.client else 'unknown'}"
+    annotator = acting_user(principal, declared) or address
+    return services.active_learning.next_sample(strategy, params or {}, annotator)

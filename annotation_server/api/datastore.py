@@ -21,6 +21,8 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ImageAdded, LabelHistory, LabelSaved, ScanResult
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.auth.dependencies import acting_user, current_principal
+from annotation_server.auth.roles import Principal
 from annotation_server.checksums import file_digest
 from annotation_server.datastore import FINAL_TAG, LabelSource
 from annotation_server.errors import InvalidRequestError, NotFoundError
@@ -156,13 +158,19 @@ def put_image_info(
 
 
 # -------------------------------------------------------------------------------------------- labels
-@router.put("/datastore/label", response_model=LabelSaved, summary="Save a label as a new version (tag: final)")
+@router.put(
+    "/datastore/label",
+    response_model=LabelSaved,
+    response_model_exclude_none=True,
+    summary="Save a label as a new version (tag: final)",
+)
 async def save_label(
     image: str = Query(..., description="image id the label belongs to"),
     tag: str = Query(FINAL_TAG, description="final (default), original, or any tag"),
     params: str | None = Form("{}"),
     label: UploadFile = File(..., description="labelmap on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)"),
     services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> LabelSaved:
     info = parse_json_object(params)
     ds = services.datastore
@@ -170,13 +178,20 @@ async def save_label(
     name = upload_name(label)
     target = ds.new_upload_path(name)
     await save_upload(label, target, services.settings.max_upload_mb << 20)
+    author = acting_user(principal, _author(info))  # with auth on, the logged-in user
     try:
         saved = await run_in_threadpool(
-            ds.save_label, image, target, name, tag or FINAL_TAG, _author(info), info, _source(info)
+            ds.save_label, image, target, name, tag or FINAL_TAG, author, info, _source(info)
         )
     finally:
         target.unlink(missing_ok=True)
-    return LabelSaved(image=saved.image_id, label=saved.image_id, tag=saved.tag, version=saved.version)
+    return LabelSaved(
+        image=saved.image_id,
+        label=saved.image_id,
+        tag=saved.tag,
+        version=saved.version,
+        dicom_seg=saved.info.get("dicom_seg"),
+    )
 
 
 @router.delete("/datastore/label", summary="Retire a label tag (every version stays in the history)")

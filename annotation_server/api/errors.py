@@ -18,6 +18,8 @@ from annotation_server.errors import (
     InvalidRequestError,
     NotFoundError,
     UnsupportedFormatError,
+    UpstreamError,
+    UpstreamUnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (UnsupportedFormatError, 415),
     (ConflictError, 409),
     (BusyError, 503),
+    (UpstreamUnavailableError, 503),
+    (UpstreamError, 502),
     (InvalidRequestError, 422),
 ]
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.auth.dependencies import acting_user, current_principal
+from annotation_server.auth.roles import Principal
 from annotation_server.federated.effort import Bucket, EffortReport, build_effort_report, render_effort_png
 from annotation_server.federated.entries import QueueEntry, QueueStatus
 from annotation_server.federated.queue import FederatedQueue
@@ -96,15 +98,19 @@ def approve_entry(
     entry_id: int = EntryId,
     body: ApproveRequest = Body(default_factory=ApproveRequest),
     queue: FederatedQueue = Depends(get_queue),
+    principal: Principal = Depends(current_principal),
 ) -> QueueEntry:
-    return queue.approve(entry_id, body.reviewer)
+    return queue.approve(entry_id, acting_user(principal, body.reviewer))
 
 
 @router.post("/fl/queue/{entry_id}/exclude", response_model=QueueEntry, summary="Keep an entry out of training")
 def exclude_entry(
-    body: ExcludeRequest, entry_id: int = EntryId, queue: FederatedQueue = Depends(get_queue)
+    body: ExcludeRequest,
+    entry_id: int = EntryId,
+    queue: FederatedQueue = Depends(get_queue),
+    principal: Principal = Depends(current_principal),
 ) -> QueueEntry:
-    return queue.exclude(entry_id, body.reason, body.reviewer)
+    return queue.exclude(entry_id, body.reason, acting_user(principal, body.reviewer))
 
 
 @router.get("/fl/effort", response_model=EffortReport, summary="Annotation effort: AI-assisted vs manual labels")

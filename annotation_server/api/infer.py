@@ -17,9 +17,12 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.multipart import multipart_result
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.auth.dependencies import acting_user, current_principal
+from annotation_server.auth.roles import Principal
+from annotation_server.dicomweb.seg import seg_for_result
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, split_extension
-from annotation_server.inference.engine import ImageSource
+from annotation_server.inference.engine import ImageSource, InferOutcome
 from annotation_server.inference.params import InferParams
 from annotation_server.services import Services
 
@@ -74,6 +77,25 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
+async def _dicom_seg_answer(
+    services: Services, model: str, source: ImageSource, outcome: InferOutcome, cleanup: list[Path]
+) -> Response:
+    """The result as a DICOM SEG referencing the source series (what OHIF's MONAI Label plugin loads)."""
+    task = services.inference.task(model)
+    names = outcome.params.get("label_names") or dict(task.labels)
+    try:
+        data = await run_in_threadpool(
+            seg_for_result, source.path, outcome.result_path, names, model, outcome.params.get("model_version")
+        )
+    finally:
+        _remove(cleanup)
+    return Response(
+        data,
+        media_type="application/dicom",
+        headers={"Content-Disposition": f'attachment; filename="{model}-seg.dcm"'},
+    )
+
+
 @router.post("/infer/{model}", summary="Run a model; default answer is multipart (params JSON, then the label file)")
 async def infer(
     model: str,
@@ -84,19 +106,26 @@ async def infer(
     file: UploadFile | None = File(None, description="the image itself, instead of ?image="),
     label: UploadFile | None = File(None, description="an input label (scribbles); not used by current models"),
     services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> Response:
     services.inference.task(model)  # unknown model: 404 before any upload is stored
     parsed = parse_infer_params(params)
-    if output is InferOutput.dicom_seg:
-        raise InvalidRequestError("output=dicom_seg needs a DICOMweb datastore; use output=image or all")
+    parsed = parsed.model_copy(update={"client_id": acting_user(principal, parsed.client_id)})  # save_label's author
     cleanup: list[Path] = []
     try:
         source = await _resolve_source(services, image, session_id, file, cleanup)
+        if output is InferOutput.dicom_seg and not source.path.is_dir():
+            raise InvalidRequestError(
+                "output=dicom_seg needs a DICOM source series (an image of a DICOMweb datastore or a DICOM folder); "
+                "this image is not DICOM, so use output=image or all"
+            )
         outcome = await services.inference.infer(model, source, parsed)
     except BaseException:
         _remove(cleanup)
         raise
     cleanup.append(outcome.result_path)
+    if output is InferOutput.dicom_seg:
+        return await _dicom_seg_answer(services, model, source, outcome, cleanup)
     if output is InferOutput.json:
         _remove(cleanup)
         return JSONResponse(outcome.params)

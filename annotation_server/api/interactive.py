@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Body, Depends, File, Form, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +27,8 @@ from starlette.responses import FileResponse
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.auth.dependencies import acting_user, current_principal
+from annotation_server.auth.roles import Principal
 from annotation_server.imaging import write_volume
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, split_extension
 from annotation_server.interactive.prompts import Prompt
@@ -42,6 +44,10 @@ class OpenSession(BaseModel):
     model: str | None = Field(None, description="click model (default: the app's first deepgrow model)")
     label: str | None = Field(None, description="label to start with (default: the app's first)")
     client_id: str | None = None
+    from_label: str | None = Field(
+        None, description="start from this saved label tag (e.g. 'final', or 'original' for a model's) to correct it"
+    )
+    from_version: int | None = Field(None, ge=1, description="with from_label: which version (default: the latest)")
 
 
 class PromptRequest(BaseModel):
@@ -81,7 +87,10 @@ class DeltaAnswer(BaseModel):
     delta: dict[str, Any] | None = Field(description="changed box: offset, shape, codec (zlib), base64 data")
     can_undo: bool
     can_redo: bool
-    seconds: float
+    seconds: float = Field(description="time in the server, from the request's arrival to the answer")
+    timing: dict[str, float | None] | None = Field(
+        None, description="prompts: queued_s (waiting for the inference thread), forward_s (the model's forward pass)"
+    )
 
 
 class Saved(BaseModel):
@@ -93,7 +102,14 @@ class Saved(BaseModel):
 @router.post("/interactive/sessions", response_model=SessionState, summary="Open a session on a datastore image")
 async def open_session(body: OpenSession, services: Services = Depends(get_services)) -> dict[str, Any]:
     session = await run_in_threadpool(
-        services.interactive.open, body.image, None, body.model, body.label, body.client_id
+        services.interactive.open,
+        body.image,
+        None,
+        body.model,
+        body.label,
+        body.client_id,
+        body.from_label,
+        body.from_version,
     )
     return session.describe()
 
@@ -110,7 +126,7 @@ async def open_upload_session(
     await save_upload(file, target, services.settings.max_upload_mb << 20)
     try:
         session = await run_in_threadpool(
-            services.interactive.open, None, target, options.model, options.label, options.client_id
+            services.interactive.open, None, target, options.model, options.label, options.client_id, options.from_label
         )
     except BaseException:
         target.unlink(missing_ok=True)
@@ -133,23 +149,25 @@ def session_state(session_id: str, services: Services = Depends(get_services)) -
     response_model=DeltaAnswer,
     summary="Point, box, scribble or lasso; answers with the changed box only",
 )
-async def prompt(session_id: str, body: PromptRequest, services: Services = Depends(get_services)) -> dict:
-    return await services.interactive.prompt(session_id, body.prompt, body.new_object)
+async def prompt(session_id: str, body: PromptRequest, services: Services = Depends(get_services)) -> JSONResponse:
+    # Returned as a ready JSONResponse: the answer is built by the service in DeltaAnswer's shape (the model
+    # documents it), and re-validating it would cost every click a little.
+    return JSONResponse(await services.interactive.prompt(session_id, body.prompt, body.new_object))
 
 
 @router.post("/interactive/sessions/{session_id}/undo", response_model=DeltaAnswer, summary="Undo the last change")
-async def undo(session_id: str, services: Services = Depends(get_services)) -> dict:
-    return await services.interactive.undo(session_id)
+async def undo(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    return JSONResponse(await services.interactive.undo(session_id))
 
 
 @router.post("/interactive/sessions/{session_id}/redo", response_model=DeltaAnswer, summary="Redo an undone change")
-async def redo(session_id: str, services: Services = Depends(get_services)) -> dict:
-    return await services.interactive.redo(session_id)
+async def redo(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    return JSONResponse(await services.interactive.redo(session_id))
 
 
 @router.post("/interactive/sessions/{session_id}/reset", response_model=DeltaAnswer, summary="Clear the mask")
-async def reset(session_id: str, services: Services = Depends(get_services)) -> dict:
-    return await services.interactive.reset(session_id)
+async def reset(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    return JSONResponse(await services.interactive.reset(session_id))
 
 
 @router.get("/interactive/sessions/{session_id}/mask", summary="The whole label map (.nii.gz on the image grid)")
@@ -171,11 +189,13 @@ async def full_mask(session_id: str, services: Services = Depends(get_services))
 
 @router.post("/interactive/sessions/{session_id}/save", response_model=Saved, summary="Save as a new label version")
 async def save(
-    session_id: str, body: SaveRequest = Body(default_factory=SaveRequest), services: Services = Depends(get_services)
+    session_id: str,
+    body: SaveRequest = Body(default_factory=SaveRequest),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> Saved:
-    label = await run_in_threadpool(
-        services.interactive.save, session_id, body.tag, body.client_id, body.image, body.info
-    )
+    author = acting_user(principal, body.client_id)  # with auth on, the logged-in user
+    label = await run_in_threadpool(services.interactive.save, session_id, body.tag, author, body.image, body.info)
     return Saved(image=label.image_id, tag=label.tag, version=label.version)
 
 

@@ -52,6 +52,9 @@ class LabelSaved(BaseModel):
     label: str
     tag: str
     version: int
+    dicom_seg: dict[str, Any] | None = Field(
+        None, description="DICOMweb datastores: the SEG write-back of a final label (status stored or pending)"
+    )
 
 
 class LabelHistory(BaseModel):

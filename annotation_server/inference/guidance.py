@@ -20,9 +20,14 @@ def render_guidance(
     foreground: Sequence[Point],
     background: Sequence[Point],
     sigma_mm: float = 5.0,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(2, i, j, k) float32: channel 0 foreground clicks, channel 1 background clicks, each in [0, 1]."""
-    guidance = np.zeros((2, *shape), dtype=np.float32)
+    """(2, i, j, k) float32: channel 0 foreground clicks, channel 1 background clicks, each in [0, 1].
+
+    `out`: a zeroed (2, *shape) float32 array to draw into (the click path draws straight into the network
+    input, saving a copy per click).
+    """
+    guidance = np.zeros((2, *shape), dtype=np.float32) if out is None else out
     radius = [max(1, int(np.ceil(3 * sigma_mm / s))) for s in spacing]
     for channel, points in enumerate((foreground, background)):
         for point in points:

@@ -29,6 +29,11 @@ class _Prompt(BaseModel):
 class PointPrompt(_Prompt):
     type: Literal["point"] = "point"
     point: Voxel
+    scope: Literal["local", "object"] = Field(
+        "local",
+        description="for a click on an existing object: 'local' keeps only the change connected to the clicked "
+        "voxel, so a correction never moves the boundary far away; 'object' takes the model's whole new answer",
+    )
 
 
 class BoxPrompt(_Prompt):

@@ -17,6 +17,7 @@ import numpy as np
 
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
+from annotation_server.imaging import read_volume
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
@@ -48,9 +49,15 @@ class InteractiveService:
         model: str | None = None,
         label: str | None = None,
         client_id: str | None = None,
+        from_label: str | None = None,
+        from_version: int | None = None,
     ) -> InteractiveSession:
+        """`from_label` (a tag such as `final`, or `original` for a model's pre-annotation; `from_version`, default
+        the latest): start from that saved label instead of an empty mask, to correct it."""
         if (image_id is None) == (upload is None):
             raise InvalidRequestError("open a session on a datastore image ('image') or an uploaded file, not both")
+        if from_label is not None and image_id is None:
+            raise InvalidRequestError("'from_label' needs a datastore image: an uploaded volume has no saved labels")
         path = self.datastore.image_path(image_id) if image_id is not None else upload
         assert path is not None
         volume = self.inference.cache.get(path)  # decoded once, reused by every prompt of the session
@@ -68,8 +75,28 @@ class InteractiveService:
             model=chosen_model,
             client_id=client_id,
         )
+        if from_label is not None and image_id is not None:
+            self._start_from_label(session, image_id, from_label, from_version)
         self.manager.add(session)
         return session
+
+    def _start_from_label(self, session: InteractiveSession, image_id: str, tag: str, version: int | None) -> None:
+        """Seed the session's mask with a saved label. A model's label (e.g. `original` from /infer with
+        save_label) counts as the session's pre-annotation, so the final label's effort is measured against it."""
+        saved = self.datastore.label_version(image_id, tag, version)
+        array = read_volume(self.datastore.label_file(saved)).array
+        if tuple(array.shape) != tuple(session.shape):
+            raise InvalidRequestError(
+                f"label '{image_id}' tag '{tag}' v{saved.version} has shape {list(array.shape)}, the image "
+                f"{list(session.shape)}: save it again on the image's grid"
+            )
+        if array.min(initial=0) < 0 or array.max(initial=0) > 255:
+            raise InvalidRequestError(f"label '{image_id}' tag '{tag}' v{saved.version} has values outside 0..255")
+        session.mask = np.ascontiguousarray(array, dtype=np.uint8)
+        session.started_from = {"tag": saved.tag, "version": saved.version}
+        if saved.source.model is not None:
+            whole: Box = tuple(slice(0, n) for n in session.shape)  # type: ignore[assignment]
+            session.first_result = (whole, session.mask.copy(), saved.source.model, saved.source.model_version)
 
     def _label(self, label: str) -> str:
         if label not in self.labels:
@@ -83,7 +110,11 @@ class InteractiveService:
         model_name = prompt.model or session.model
         started = time.perf_counter()
 
+        queued_s = 0.0
+
         def work() -> Change:
+            nonlocal queued_s
+            queued_s = time.perf_counter() - started
             with session.lock:
                 volume = self.inference.cache.get(Path(session.image_path))
                 if isinstance(prompt, LassoPrompt):
@@ -100,7 +131,9 @@ class InteractiveService:
 
         change = await self.inference.submit(work)
         session.label = label
-        return self._answer(session, change, time.perf_counter() - started, model_name)
+        answer = self._answer(session, change, time.perf_counter() - started, model_name)
+        answer["timing"] = {"queued_s": round(queued_s, 5), "forward_s": change.forward_s}
+        return answer
 
     async def undo(self, session_id: str) -> dict[str, Any]:
         return await self._history(session_id, "undo")
@@ -175,6 +208,7 @@ class InteractiveService:
             "preannotated": first is not None,
             "session_seconds": round(time.time() - session.created_ts, 1),
             "session_id": session.id,
+            **({"started_from": session.started_from} if session.started_from else {}),
             **(info or {}),
         }
         return self.datastore.save_label_array(

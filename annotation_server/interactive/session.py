@@ -78,6 +78,7 @@ class Change:
     object_before: ObjectState | None
     object_after: ObjectState | None
     kind: str
+    forward_s: float | None = None  # the model's forward pass, when a model made this change (for timings)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class InteractiveSession:
     interactions: int = 0
     # The first model result (box, label-map patch, model, model version): the pre-annotation a save is compared to.
     first_result: tuple[Box, np.ndarray, str, str | None] | None = None
+    started_from: dict[str, Any] | None = None  # the saved label the session started from: {tag, version}
     created_ts: float = field(default_factory=time.time)
     last_used_ts: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -217,6 +219,7 @@ class InteractiveSession:
             "can_redo": bool(self.redo_stack),
             "interactions": self.interactions,
             "client_id": self.client_id,
+            "started_from": self.started_from,
             "created_ts": self.created_ts,
             "last_used_ts": self.last_used_ts,
             "object": None

@@ -8,6 +8,7 @@ constraints (nothing outside the box; painted voxels in or out). A lasso is draw
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 
 from annotation_server.errors import InvalidRequestError
@@ -15,9 +16,10 @@ from annotation_server.imaging import Volume
 from annotation_server.inference.params import InferParams, check_points
 from annotation_server.inference.task import InferTask
 from annotation_server.interactive.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
-from annotation_server.interactive.session import Box, Change, InteractiveSession, ObjectState, union_box
+from annotation_server.interactive.session import Box, Change, InteractiveSession, ObjectState, mask_box, union_box
 
 MAX_SCRIBBLE_CLICKS = 8
+_TOUCHING = ndimage.generate_binary_structure(3, 3)  # voxels sharing a face, edge or corner are connected
 
 
 def _scribble_clicks(voxels: np.ndarray) -> list[tuple[int, int, int]]:
@@ -68,12 +70,15 @@ def refine_object(
         painted = voxels
     if not obj.foreground:
         raise InvalidRequestError("start an object with a foreground prompt (positive: true)")
+    earlier = obj.mask is not None  # a correction of an existing object, not its first prompt
     result = task.infer(volume, InferParams(foreground=obj.foreground, background=obj.background, label=label))
     # The task's mask is a fresh full-size array: edit it in place and only inside boxes, never copy it whole,
     # so a click costs the same on a 512 x 512 x 300 scan as on a small one.
     mask = result.mask
     roi = _roi(result.extra, shape)
     search = roi
+    if isinstance(prompt, PointPrompt) and prompt.scope == "local" and earlier:
+        search = keep_change_at_click(obj, mask, roi, tuple(prompt.point))
     if clip is not None:  # nothing outside the box the annotator drew
         inside = mask[clip].copy()
         mask[roi if roi is not None else ...] = 0
@@ -85,7 +90,38 @@ def refine_object(
             slice(int(a), int(b) + 1) for a, b in zip(painted.min(axis=0), painted.max(axis=0), strict=True)
         )
         search = union_box(search, painted_box) if search is not None else None  # type: ignore[arg-type]
-    return session.set_object_mask(obj, mask, search, prompt.type)
+    change = session.set_object_mask(obj, mask, search, prompt.type)
+    forward_s = result.extra.get("forward_s")
+    change.forward_s = float(forward_s) if isinstance(forward_s, int | float) else None
+    return change
+
+
+def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, click: tuple[int, ...]) -> Box | None:
+    """Confine a corrective click's effect to the change it asked for; returns the box to search afterwards.
+
+    A click model re-predicts the whole object, so besides the region the annotator clicked, its boundary
+    wobbles by a voxel here and there, in places the annotator already accepted. Of the voxels whose value
+    changed, only those connected (26-neighbourhood) to the clicked voxel are kept; the others go back to the
+    object's previous mask. If the clicked voxel itself did not change (the model ignored the click), the
+    model's whole answer stands, as before. `mask` (full size) is edited in place, inside boxes only.
+    """
+    box = union_box(obj.box, mask_box(mask, roi) if roi is not None else mask_box(mask))
+    if box is None or obj.box is None or obj.mask is None:
+        return roi
+    local_click = tuple(int(c) - b.start for c, b in zip(click, box, strict=True))
+    if any(not 0 <= c < b.stop - b.start for c, b in zip(local_click, box, strict=True)):
+        return union_box(roi, box)
+    previous = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+    inner = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(obj.box, box, strict=True))
+    previous[inner] = obj.mask
+    current = mask[box].astype(bool)
+    changed = previous != current
+    if not changed[local_click]:
+        return union_box(roi, box)
+    components, _ = ndimage.label(changed, structure=_TOUCHING)
+    asked = components == components[local_click]
+    mask[box] = np.where(asked, current, previous)
+    return union_box(roi, box)
 
 
 def draw_lasso(session: InteractiveSession, prompt: LassoPrompt, label: str) -> Change:

@@ -1,0 +1,1 @@
+"""The browser viewer's static files, served by the server at /viewer/ (installed as `annotation_viewer`)."""

@@ -1,0 +1,555 @@
+// The browser viewer: list images, open one, click on it to segment through an interactive session, save.
+// Plain ES module, no build step. NiiVue draws the image (volumes[0]), the session's mask (volumes[1],
+// edited in place from the server's deltas) and, when the image has one, its latest saved label
+// (volumes[2], shown faintly for reference). A session on a labeled image starts from that saved label
+// (`from_label`), so the annotator corrects it rather than starting again.
+//
+// `window.viewer` is the contract with tests/test_web_viewer.py: ready/error flags, the Niivue
+// instance, the state, and `pending` (requests queued or in flight).
+
+import { Niivue, NVImage } from "./vendor/niivue.js";
+import { Api, ApiError, downloadName } from "./api.js";
+import { applyDelta, decodeDelta } from "./delta.js";
+
+const $ = (id) => document.getElementById(id);
+const CLICK_MODEL_TYPES = ["deepgrow", "deepedit"];
+const CLICK_SLOP_PX = 4; // a press that moves further is a drag (slice, contrast), not a click
+const SAVED_OPACITY = 0.35;
+const PALETTE = [
+  [230, 57, 70], [46, 196, 102], [58, 134, 255], [255, 190, 11], [199, 84, 230],
+  [20, 206, 210], [251, 133, 0], [240, 240, 240],
+];
+const CLIENT_KEY = "annotation-server.client";
+
+const api = new Api(new URL("../", document.baseURI));
+const state = {
+  info: null,
+  listing: {}, // image id -> MONAI Label datastore object
+  imageId: null,
+  session: null, // the server's session state
+  labels: {}, // label name -> value (from the session; the app's order before one opens)
+  canUndo: false,
+  canRedo: false,
+  dirty: false,
+  openedAt: 0,
+  savedVersion: null,
+  calRange: null, // the image's own display range, for the "auto" window
+  pending: 0,
+  lastAnswer: null,
+  newObject: false,
+};
+const viewer = { ready: false, error: null, nv: null, api, state, maskVolume: () => viewer.nv?.volumes[1] ?? null };
+viewer.nativeVoxel = (ras) => nativeVoxel(viewer.nv.volumes[0], ras); // NiiVue's (RAS) voxel -> the server's
+window.viewer = viewer;
+
+// ------------------------------------------------------------------------------------------ status line
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+function setLatency(label, ms, serverSeconds) {
+  const server = serverSeconds != null ? ` (server ${(serverSeconds * 1000).toFixed(0)} ms)` : "";
+  $("latency").textContent = `${label} ${ms.toFixed(0)} ms${server}`;
+}
+
+function showError(error) {
+  console.error(error);
+  if (error instanceof ApiError && error.status === 401) showLogin("the server refused the request: sign in");
+  setStatus(error instanceof ApiError ? error.message : `${error.name}: ${error.message}`, true);
+}
+
+// Requests that change the mask run one after another, so an undo never overtakes the click before it.
+let queue = Promise.resolve();
+function serial(task) {
+  state.pending++;
+  const run = queue.then(task);
+  queue = run.catch(() => {});
+  return run.catch(showError).finally(() => {
+    state.pending--;
+    updateButtons();
+  });
+}
+
+function updateButtons() {
+  const open = state.session !== null;
+  $("undo").disabled = !open || !state.canUndo;
+  $("redo").disabled = !open || !state.canRedo;
+  $("reset").disabled = !open;
+  $("save").disabled = !open;
+  $("new-object").classList.toggle("active", state.newObject);
+}
+
+// ------------------------------------------------------------------------------------------------ auth
+function showLogin(message) {
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+async function checkAuth() {
+  // Off unless the server answers GET /auth/ with enabled: true (with auth off it is a 404). -> signed in?
+  let enabled = false;
+  try {
+    const response = await fetch(api.url("auth/"));
+    enabled = response.ok && (await response.json())?.enabled === true;
+  } catch {
+    enabled = false;
+  }
+  if (!enabled) return true;
+  if (api.token) {
+    const response = await fetch(api.url("auth/token/valid"), { headers: api.headers() });
+    if (response.ok) return true;
+    api.setToken(null);
+  }
+  showLogin();
+  return false;
+}
+
+async function logIn(username, password) {
+  const form = new URLSearchParams({ username, password, grant_type: "password" });
+  const response = await fetch(api.url("auth/token"), { method: "POST", body: form });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `login failed: ${response.status}`);
+  api.setToken(body.access_token);
+  if (!clientId()) {
+    $("client-id").value = body.username || username;
+    localStorage.setItem(CLIENT_KEY, clientId());
+  }
+}
+
+// ----------------------------------------------------------------------------------------- lists, info
+function fillSelect(select, values, chosen) {
+  select.replaceChildren(
+    ...values.map((value) => {
+      const option = document.createElement("option");
+      option.value = option.textContent = value;
+      return option;
+    }),
+  );
+  if (chosen && values.includes(chosen)) select.value = chosen;
+}
+
+async function loadInfo() {
+  const { data, ms } = await api.get("info/");
+  state.info = data;
+  setLatency("info", ms);
+  $("app-name").textContent = data.name || "annotation-server";
+  fillSelect($("label"), data.labels || []);
+  state.labels = Object.fromEntries((data.labels || []).map((name, i) => [name, i + 1]));
+  const models = Object.entries(data.models || {});
+  const clickers = models.filter(([, m]) => CLICK_MODEL_TYPES.includes(m.type)).map(([name]) => name);
+  fillSelect($("model"), clickers);
+  for (const option of $("model").options) option.title = data.models[option.value].description || "";
+  const strategies = Object.keys(data.strategies || {});
+  fillSelect($("strategy"), strategies, strategies.includes("random") ? "random" : strategies[0]);
+}
+
+async function loadListing() {
+  const { data } = await api.get("datastore/", { params: { output: "all" } });
+  state.listing = data.objects || {};
+  renderListing();
+}
+
+function renderListing() {
+  const items = Object.entries(state.listing).map(([id, object]) => {
+    const li = document.createElement("li");
+    li.dataset.image = id;
+    li.classList.toggle("current", id === state.imageId);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = id;
+    const final = object.labels?.final;
+    const tag = document.createElement("span");
+    tag.className = final ? "tag" : "tag none";
+    tag.textContent = final ? `final v${final.info?.version ?? "?"}` : "unlabeled";
+    li.append(name, tag);
+    li.addEventListener("click", () => openImage(id));
+    return li;
+  });
+  $("images").replaceChildren(...items);
+}
+
+// ---------------------------------------------------------------------------------------------- volumes
+function labelColormap(labels) {
+  const max = Math.max(1, ...Object.values(labels));
+  const cm = { R: [], G: [], B: [], A: [], I: [], labels: [] };
+  const names = Object.fromEntries(Object.entries(labels).map(([name, value]) => [value, name]));
+  for (let value = 0; value <= max; value++) {
+    const [r, g, b] = value === 0 ? [0, 0, 0] : PALETTE[(value - 1) % PALETTE.length];
+    cm.R.push(r);
+    cm.G.push(g);
+    cm.B.push(b);
+    cm.A.push(value === 0 ? 0 : 255);
+    cm.I.push(value);
+    cm.labels.push(names[value] || (value === 0 ? "background" : `label ${value}`));
+  }
+  return cm;
+}
+
+function styleLabelLayers() {
+  const nv = viewer.nv;
+  const cm = labelColormap(state.labels);
+  const overlay = Number($("opacity").value) / 100;
+  for (const [index, volume] of nv.volumes.entries()) {
+    if (index === 0) continue;
+    volume.setColormapLabel(cm);
+    volume.opacity = index === 1 ? overlay : $("show-saved").checked ? SAVED_OPACITY : 0;
+  }
+  nv.updateGLVolume();
+}
+
+async function fetchSavedLabel(id) {
+  try {
+    const { data, response } = await api.get("datastore/label", { params: { label: id, tag: "final" }, as: "buffer" });
+    return { buffer: data, name: downloadName(response) || `${id}-label.nii.gz`, version: response.headers.get("X-Label-Version") };
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
+  }
+}
+
+async function closeSession({ keepalive = false } = {}) {
+  const session = state.session;
+  state.session = null;
+  state.canUndo = state.canRedo = false;
+  updateButtons();
+  if (session) {
+    try {
+      await api.request("DELETE", `interactive/sessions/${session.session_id}`, { keepalive });
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 404)) console.warn(error);
+    }
+  }
+}
+
+async function openImage(id) {
+  if (!id) return;
+  if (state.dirty && !confirm(`Discard the unsaved changes on ${state.imageId}?`)) return;
+  return serial(async () => {
+    const nv = viewer.nv;
+    await closeSession();
+    state.imageId = id;
+    state.dirty = false;
+    state.savedVersion = null;
+    state.lastAnswer = null;
+    renderListing();
+    history.replaceState(null, "", `#image=${encodeURIComponent(id)}`);
+    setStatus(`loading ${id}…`);
+    const started = performance.now();
+    const [image, saved] = await Promise.all([
+      api.get("datastore/image", { params: { image: id }, as: "buffer" }),
+      state.listing[id]?.labels?.final ? fetchSavedLabel(id) : null, // only ask for what exists: no 404 noise
+    ]);
+    const name = downloadName(image.response) || `${id}${state.listing[id]?.image?.ext || ".nii.gz"}`;
+    const volume = await NVImage.loadFromUrl({ url: name, name, buffer: image.data, colormap: "gray" });
+    const mask = NVImage.zerosLike(volume, "uint8");
+    mask.name = `${id} (session)`;
+    const layers = [volume, mask];
+    if (saved) {
+      try {
+        const label = await NVImage.loadFromUrl({ url: saved.name, name: saved.name, buffer: saved.buffer });
+        if (label.hdr.dims.slice(1, 4).join() === volume.hdr.dims.slice(1, 4).join()) {
+          label.name = `${id} (saved final v${saved.version})`;
+          layers.push(label);
+          mask.img.set(label.img); // the session starts from this label (same grid, same voxel order)
+          state.savedVersion = saved.version;
+        } else console.warn("saved label is not on the image grid; not shown");
+      } catch (error) {
+        console.warn("saved label could not be displayed", error);
+      }
+    }
+    await nv.loadVolumes([]); // clear the scene
+    for (const layer of layers) nv.addVolume(layer);
+    state.calRange = [volume.cal_min, volume.cal_max];
+    if (volume.global_min < -500 && $("window").value === "auto") $("window").value = "400,50"; // CT: abdomen window
+    applyWindow();
+    styleLabelLayers();
+    $("empty-hint").hidden = true;
+    const dims = volume.hdr.dims.slice(1, 4);
+    $("image-info").textContent = `${id}: ${dims.join("×")} · ${volume.hdr.pixDims.slice(1, 4).map((v) => +v.toFixed(2)).join("×")} mm`;
+    await openSession(id, dims, state.savedVersion);
+    state.openedAt = performance.now();
+    const note = state.savedVersion ? ` · started from saved final v${state.savedVersion}` : "";
+    setStatus(`${id} ready: click to segment${note}`);
+    setLatency("load", performance.now() - started);
+  });
+}
+
+async function openSession(id, dims, fromVersion = null) {
+  const body = { image: id, label: $("label").value || undefined, model: $("model").value || undefined };
+  if (clientId()) body.client_id = clientId();
+  if (fromVersion) Object.assign(body, { from_label: "final", from_version: Number(fromVersion) });
+  const { data, ms } = await api.post("interactive/sessions", body);
+  if (data.shape.join() !== dims.join()) {
+    await api.request("DELETE", `interactive/sessions/${data.session_id}`).catch(() => {});
+    throw new Error(`the server's grid ${data.shape} differs from the displayed image ${dims}: editing disabled`);
+  }
+  state.session = data;
+  state.labels = data.labels;
+  state.canUndo = data.can_undo;
+  state.canRedo = data.can_redo;
+  styleLabelLayers();
+  setLatency("session", ms);
+  updateButtons();
+}
+
+// ------------------------------------------------------------------------------------------ interaction
+async function applyAnswer(answer, ms, what) {
+  const nv = viewer.nv;
+  let changed = 0;
+  if (answer.delta) {
+    const mask = nv.volumes[1];
+    const values = await decodeDelta(answer.delta);
+    changed = applyDelta(mask.img, mask.hdr.dims.slice(1, 4), answer.delta, values);
+    nv.updateGLVolume();
+  }
+  state.lastAnswer = answer;
+  state.canUndo = answer.can_undo;
+  state.canRedo = answer.can_redo;
+  state.session.version = answer.version;
+  if (changed) state.dirty = true;
+  setStatus(`${what}: ${changed} voxels changed · step ${answer.version}`);
+  setLatency(what.split(" ")[0], ms, answer.seconds);
+}
+
+function sendPoint(vox, positive) {
+  const session = state.session;
+  if (!session) return;
+  const point = vox.map((v, axis) => Math.min(Math.max(Math.round(v), 0), session.shape[axis] - 1));
+  const prompt = { type: "point", point, positive, label: $("label").value || undefined };
+  if ($("model").value) prompt.model = $("model").value;
+  const newObject = state.newObject;
+  state.newObject = false;
+  updateButtons();
+  return serial(async () => {
+    const { data, ms } = await api.post(`interactive/sessions/${session.session_id}/prompt`, {
+      prompt,
+      new_object: newObject,
+    });
+    await applyAnswer(data, ms, `${positive ? "foreground" : "background"} point [${point}]`);
+  });
+}
+
+function step(action) {
+  const session = state.session;
+  if (!session) return;
+  return serial(async () => {
+    const { data, ms } = await api.post(`interactive/sessions/${session.session_id}/${action}`);
+    await applyAnswer(data, ms, action);
+  });
+}
+
+function save() {
+  const session = state.session;
+  if (!session) return;
+  return serial(async () => {
+    const info = { seconds_spent: Math.round((performance.now() - state.openedAt) / 1000), viewer: "web" };
+    const body = { tag: "final", info };
+    if (clientId()) body.client_id = clientId();
+    const { data, ms } = await api.post(`interactive/sessions/${session.session_id}/save`, body);
+    state.dirty = false;
+    state.savedVersion = data.version;
+    setStatus(`saved ${data.image} as ${data.tag} v${data.version}`);
+    setLatency("save", ms);
+    copyMaskToSavedLayer(data.version);
+    await loadListing();
+  });
+}
+
+function copyMaskToSavedLayer(version) {
+  const nv = viewer.nv;
+  const mask = nv.volumes[1];
+  let saved = nv.volumes[2];
+  if (!saved) {
+    saved = NVImage.zerosLike(mask, "uint8");
+    nv.addVolume(saved);
+  }
+  saved.img.set(mask.img);
+  saved.name = `${state.imageId} (saved final v${version})`;
+  styleLabelLayers();
+}
+
+async function next() {
+  const strategy = $("strategy").value;
+  if (!strategy) return;
+  try {
+    const body = clientId() ? { client_id: clientId() } : {};
+    const { data, ms } = await api.post(`activelearning/${encodeURIComponent(strategy)}`, body);
+    setLatency("next", ms);
+    if (!data.id) {
+      setStatus(`every image is labeled (strategy ${strategy})`);
+      return;
+    }
+    await openImage(data.id);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// -------------------------------------------------------------------------------------- view settings
+function applyWindow() {
+  const nv = viewer.nv;
+  const volume = nv.volumes[0];
+  if (!volume) return;
+  const choice = $("window").value;
+  let [lo, hi] = state.calRange || [volume.cal_min, volume.cal_max];
+  if (choice !== "auto") {
+    const [width, level] = choice.split(",").map(Number);
+    [lo, hi] = [level - width / 2, level + width / 2];
+  }
+  volume.cal_min = lo;
+  volume.cal_max = hi;
+  nv.updateGLVolume();
+}
+
+function applyView() {
+  const nv = viewer.nv;
+  const types = {
+    axial: nv.sliceTypeAxial,
+    coronal: nv.sliceTypeCoronal,
+    sagittal: nv.sliceTypeSagittal,
+    multi: nv.sliceTypeMultiplanar,
+  };
+  nv.setSliceType(types[$("view").value]);
+}
+
+function clientId() {
+  return $("client-id").value.trim();
+}
+
+// ---------------------------------------------------------------------------------------------- events
+function canvasVoxel(event) {
+  const nv = viewer.nv;
+  if (!nv.volumes.length) return null;
+  const rect = nv.canvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  const frac = nv.canvasPos2frac([(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr]);
+  if (!frac || frac[0] < 0) return null; // outside every 2-D tile
+  return nativeVoxel(nv.volumes[0], Array.from(nv.frac2vox(frac)));
+}
+
+/**
+ * NiiVue's voxel coordinates are those of the image turned to RAS (axes permuted and flipped); the server's
+ * are the image as stored. Map one to the other through NiiVue's own native<->RAS index steps.
+ */
+function nativeVoxel(volume, ras) {
+  const [nx, ny] = volume.hdr.dims.slice(1, 3);
+  const start = volume.img2RASstart;
+  const step = volume.img2RASstep;
+  let index = 0;
+  for (let axis = 0; axis < 3; axis++) {
+    const v = Math.min(Math.max(Math.round(ras[axis]), 0), volume.dimsRAS[axis + 1] - 1);
+    index += start[axis] + v * step[axis];
+  }
+  return [index % nx, Math.floor(index / nx) % ny, Math.floor(index / (nx * ny))];
+}
+
+function wireCanvas(canvas) {
+  let press = null;
+  canvas.addEventListener("pointerdown", (event) => {
+    press = { x: event.clientX, y: event.clientY, button: event.button };
+  });
+  canvas.addEventListener("pointerup", (event) => {
+    const start = press;
+    press = null;
+    if (!start || start.button !== event.button || !state.session) return;
+    if (Math.hypot(event.clientX - start.x, event.clientY - start.y) > CLICK_SLOP_PX) return;
+    if (event.button !== 0 && event.button !== 2) return;
+    const vox = canvasVoxel(event);
+    if (!vox) return;
+    const positive = event.button === 0 && !event.shiftKey && !$("background").checked;
+    sendPoint(vox, positive);
+  });
+  canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+}
+
+function wireControls() {
+  $("next").addEventListener("click", next);
+  $("refresh").addEventListener("click", () => loadListing().catch(showError));
+  $("undo").addEventListener("click", () => step("undo"));
+  $("redo").addEventListener("click", () => step("redo"));
+  $("reset").addEventListener("click", () => step("reset"));
+  $("save").addEventListener("click", save);
+  $("new-object").addEventListener("click", () => {
+    state.newObject = !state.newObject;
+    updateButtons();
+  });
+  $("window").addEventListener("change", applyWindow);
+  $("view").addEventListener("change", applyView);
+  $("opacity").addEventListener("input", styleLabelLayers);
+  $("show-saved").addEventListener("change", styleLabelLayers);
+  const client = $("client-id");
+  client.value = localStorage.getItem(CLIENT_KEY) || "";
+  client.placeholder = "name";
+  client.addEventListener("change", () => localStorage.setItem(CLIENT_KEY, clientId()));
+  $("login").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await logIn($("username").value.trim(), $("password").value);
+      $("password").value = "";
+      await Promise.all([loadInfo(), loadListing()]);
+      $("login").hidden = true;
+      setStatus(`logged in · ${Object.keys(state.listing).length} images`);
+      const wanted = new URLSearchParams(location.hash.slice(1)).get("image");
+      if (wanted && state.listing[wanted] && !state.imageId) await openImage(wanted);
+    } catch (error) {
+      $("login-error").textContent = error.message;
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    const key = event.key.toLowerCase();
+    const mod = event.ctrlKey || event.metaKey;
+    if (event.target.closest("input:not([type=checkbox]):not([type=range]), textarea")) return;
+    if (!mod && event.target.closest("select")) return; // letters pick options there
+    if (mod && key === "z") step(event.shiftKey ? "redo" : "undo");
+    else if (mod && key === "y") step("redo");
+    else if (mod && key === "s") save();
+    else if (!mod && key === "b") $("background").checked = !$("background").checked;
+    else if (!mod && key === "n") $("new-object").click();
+    else return;
+    event.preventDefault();
+  });
+  window.addEventListener("pagehide", () => {
+    if (state.session) closeSession({ keepalive: true });
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ start
+async function main() {
+  const nv = new Niivue({
+    backColor: [0, 0, 0, 1],
+    crosshairColor: [1, 1, 0, 0.6],
+    crosshairWidth: 0.5,
+    show3Dcrosshair: false,
+    dragAndDropEnabled: false,
+    multiplanarLayout: 2, // grid: axial, coronal, sagittal in two rows
+    multiplanarShowRender: 0, // never: a click on the 3-D tile would rotate it, not segment
+    logLevel: "warn",
+  });
+  viewer.nv = nv;
+  await nv.attachTo("gl");
+  nv.setSliceType(nv.sliceTypeAxial);
+  wireCanvas(nv.canvas);
+  wireControls();
+  updateButtons();
+  if (!(await checkAuth())) {
+    setStatus("log in to continue");
+    viewer.ready = true;
+    return;
+  }
+  try {
+    await Promise.all([loadInfo(), loadListing()]);
+    setStatus(`${Object.keys(state.listing).length} images · pick one or press Next`);
+  } catch (error) {
+    showError(error);
+  }
+  viewer.ready = true;
+  const wanted = new URLSearchParams(location.hash.slice(1)).get("image");
+  if (wanted && state.listing[wanted]) await openImage(wanted);
+}
+
+main().catch((error) => {
+  viewer.error = String(error?.stack || error);
+  showError(error);
+});
