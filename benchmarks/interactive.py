@@ -8,6 +8,7 @@ Runs with no arguments on the embedded sample CT: starts a real `annotate-server
   stock_forward_p50_s: the same with PyTorch's stock convolution dispatch (what a plain `network(x)` costs);
 - first_click_s after server start, and its ratio to the warm p50;
 - delta_bytes vs full_label_bytes for a local edit (and on the full-body CT when ../shared is present);
+- fine_grid: new-object and corrective clicks on the same CT resampled to 0.75 x 0.75 x 1 mm;
 - info_p99_during_infer_s: GET /info/ while clicks run;
 - with --clients N: N annotators clicking at once, each pausing --think-s seconds on average (uniform, from
   half to one and a half times it) between clicks, as a person looks at the result before the next click:
@@ -48,9 +49,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Annotator:
-    def __init__(self, client: httpx.Client, model: str) -> None:
+    def __init__(self, client: httpx.Client, model: str, image: str = "example_ct_sm") -> None:
         self.client = client
-        response = client.post("/interactive/sessions", json={"image": "example_ct_sm", "model": model})
+        response = client.post("/interactive/sessions", json={"image": image, "model": model})
         response.raise_for_status()
         self.id = response.json()["session_id"]
 
@@ -171,6 +172,43 @@ def kidney_clicks(seg: Path) -> tuple[tuple[int, int, int], tuple[int, int, int]
     return tuple(int(v) for v in centre), (int(edge[0]), int(edge[1]), int(centre[2]))  # type: ignore[return-value]
 
 
+def fine_grid_clicks(client: httpx.Client, model: str, folder: Path, clicks: int = 12) -> dict[str, object]:
+    """Clicks on the embedded CT resampled to a clinical grid (0.75 x 0.75 x 1 mm, 488 x 404 x 90): the model's
+    patch is the same, so a click should cost about the same as on the 3 mm crop; this shows whether it does."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    source = nib.load(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
+    factors = (4, 4, 3)
+    array = ndimage.zoom(np.asarray(source.dataobj).astype(np.int16), factors, order=1).astype(np.int16)
+    affine = source.affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1 / f for f in factors])
+    path = folder / "fine_ct.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    client.put(
+        "/datastore/image", params={"image": "fine_ct"}, files={"file": (path.name, path.read_bytes())}
+    ).raise_for_status()
+    annotator = Annotator(client, model, image="fine_ct")
+    right_kidney = tuple(v * f for v, f in zip(KIDNEY_CLICKS[0], factors, strict=True))
+    edge = tuple(v * f for v, f in zip(EDGE_CLICK, factors, strict=True))
+    firsts: list[tuple[float, dict]] = []
+    corrections: list[tuple[float, dict]] = []
+    for index in range(clicks):
+        if index % 2 == 0:
+            firsts.append(annotator.click(right_kidney, new_object=True))
+        else:
+            corrections.append(annotator.click(edge, new_object=False, positive=False))
+
+    def summary(rows: list[tuple[float, dict]]) -> dict[str, float]:
+        rows = rows[1:]  # the first of each kind warms the image's caches
+        return {
+            "click_p50_s": round(statistics.median(r[0] for r in rows), 4),
+            "server_forward_p50_s": round(statistics.median(r[1]["timing"]["forward_s"] for r in rows), 4),
+        }
+
+    return {"shape": list(array.shape), "new_object": summary(firsts), "correction": summary(corrections)}
+
+
 def full_ct_edit(client: httpx.Client, model: str, folder: Path) -> dict[str, object]:
     """The same local edit on the full-body CT (112 slices instead of the embedded crop's 30)."""
     upload = client.put(
@@ -243,6 +281,7 @@ def main() -> None:
                 report["delta_vs_full"] = round(delta_size(edit) / max(len(full.content), 1), 4)
                 if args.full_ct is not None:
                     report["full_ct"] = full_ct_edit(client, args.model, args.full_ct)
+                report["fine_grid"] = fine_grid_clicks(client, args.model, Path(tmp))
 
                 answers: list[dict] = []
                 warm = clicking(client, args.model, args.clicks, answers=answers)

@@ -413,3 +413,24 @@ def test_a_session_can_start_from_a_saved_label_and_save_its_correction(client) 
     assert older.server_mask()[14, 8, 8] == 0
     missing = client.post("/interactive/sessions", json={"image": "phantom_b", "from_label": "final"})
     assert missing.status_code == 404 and "phantom_b" in missing.json()["detail"]
+
+
+def test_mask_box_is_the_bounding_box_of_the_nonzero_voxels_inside_the_search_box() -> None:
+    from annotation_server.interactive.session import mask_box
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        mask = rng.random(tuple(rng.integers(1, 12, 3))) < rng.random() * 0.05
+        starts, sizes = rng.integers(0, 3, 3), rng.integers(1, 12, 3)
+        within = tuple(slice(int(a), int(a + b)) for a, b in zip(starts, sizes, strict=True))
+        for search in (None, within):
+            region = mask[search] if search is not None else mask
+            found = mask_box(mask, search)  # type: ignore[arg-type]
+            if not region.any():
+                assert found is None
+                continue
+            hits = np.argwhere(region)
+            offset = [s.start for s in search] if search is not None else [0, 0, 0]
+            extents = zip(offset, hits.min(0), hits.max(0), strict=True)
+            expected = tuple(slice(o + lo, o + hi + 1) for o, lo, hi in extents)
+            assert found == expected

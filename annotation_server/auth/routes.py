@@ -12,6 +12,7 @@ from annotation_server.api.routing import CompatRouter
 from annotation_server.auth.dependencies import current_principal
 from annotation_server.auth.roles import Principal
 from annotation_server.auth.service import AuthenticationError, AuthService
+from annotation_server.auth.throttle import TooManyAttemptsError
 
 router = CompatRouter(tags=["auth"])
 CLIENT_ID = "annotation-server"
@@ -34,10 +35,13 @@ async def token(
             400, f"unsupported grant_type '{grant_type}': log in with grant_type=password, username and password"
         )
     auth: AuthService = request.app.state.services.auth
+    address = request.client.host if request.client else "unknown"
     try:
-        issued = await run_in_threadpool(auth.login, username, password)  # scrypt is slow on purpose
+        issued = await run_in_threadpool(auth.login, username, password, address)  # scrypt is slow on purpose
     except AuthenticationError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    except TooManyAttemptsError as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
     return {
         "access_token": issued.access_token,
         "token_type": "bearer",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotation_server.auth.roles import ANONYMOUS_ADMIN, Principal, Role
+from annotation_server.auth.throttle import LoginThrottle
 from annotation_server.auth.tokens import SECRET_FILENAME, InvalidTokenError, TokenSigner, load_or_create_secret
 from annotation_server.auth.users import USERS_FILENAME, UserStore, private_dir
 from annotation_server.settings import Settings
@@ -42,6 +43,7 @@ class AuthService:
         self.enabled = enabled
         self.users = users
         self.signer = signer
+        self.throttle = LoginThrottle()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthService:
@@ -56,14 +58,18 @@ class AuthService:
         if self.users is not None:
             self.users.close()
 
-    def login(self, username: str, password: str) -> IssuedToken:
+    def login(self, username: str, password: str, address: str = "unknown") -> IssuedToken:
+        """A token for the user; TooManyAttemptsError after repeated failures for that name or address."""
         assert self.users is not None and self.signer is not None
+        self.throttle.check(username, address)
         user = self.users.authenticate(username, password)
         if user is None:
+            self.throttle.failed(username, address)
             raise AuthenticationError(
                 "wrong user name or password; check both (names are case-sensitive) or ask the site admin "
                 "to reset it with `annotate-server users passwd NAME`"
             )
+        self.throttle.succeeded(username)
         principal = Principal(username=user.username, role=user.role)
         token = self.signer.issue(user.username, principal.roles, user.generation)
         return IssuedToken(access_token=token, expires_in=self.signer.lifetime_s, principal=principal)

@@ -33,14 +33,15 @@ def union_box(a: Box | None, b: Box | None) -> Box | None:
 def mask_box(mask: np.ndarray, within: Box | None = None) -> Box | None:
     """Bounding box of the non-zero voxels of `mask`, searched inside `within` only (fast on big volumes)."""
     region = mask[within] if within is not None else mask
-    if not region.any():
+    plane = region.any(axis=2)  # one pass over the volume gives the (i, j) footprint ...
+    if not plane.any():
         return None
     offset = [s.start for s in within] if within is not None else [0, 0, 0]
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.nonzero(region.any(axis=others))[0]
-        box.append(slice(offset[axis] + int(hits[0]), offset[axis] + int(hits[-1]) + 1))
+    # ... the i and j extents come from that plane; k needs a second pass, over the rows that are hit only.
+    rows, cols = np.nonzero(plane.any(axis=1))[0], np.nonzero(plane.any(axis=0))[0]
+    depth = np.nonzero(region[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].any(axis=(0, 1)))[0]
+    extents = (rows, cols, depth)
+    box = [slice(o + int(hits[0]), o + int(hits[-1]) + 1) for o, hits in zip(offset, extents, strict=True)]
     return box[0], box[1], box[2]
 
 

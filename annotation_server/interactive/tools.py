@@ -8,8 +8,8 @@ constraints (nothing outside the box; painted voxels in or out). A lasso is draw
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
+from skimage.segmentation import flood
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Volume
@@ -19,7 +19,6 @@ from annotation_server.interactive.prompts import BoxPrompt, LassoPrompt, PointP
 from annotation_server.interactive.session import Box, Change, InteractiveSession, ObjectState, mask_box, union_box
 
 MAX_SCRIBBLE_CLICKS = 8
-_TOUCHING = ndimage.generate_binary_structure(3, 3)  # voxels sharing a face, edge or corner are connected
 
 
 def _scribble_clicks(voxels: np.ndarray) -> list[tuple[int, int, int]]:
@@ -118,8 +117,9 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
     changed = previous != current
     if not changed[local_click]:
         return union_box(roi, box)
-    components, _ = ndimage.label(changed, structure=_TOUCHING)
-    asked = components == components[local_click]
+    # A flood from the click touches only the asked-for region: on a fine image several times faster than
+    # labelling every component of the change (the boundary wobbles are many, small and scattered).
+    asked = flood(changed, local_click, connectivity=3)  # connectivity 3: the 26-neighbourhood
     mask[box] = np.where(asked, current, previous)
     return union_box(roi, box)
 
