@@ -33,6 +33,10 @@ TIMEOUT_MS = 30_000
 PHANTOM_SHAPE = (20, 16, 12)
 PHANTOM_TARGET = [4, 5, 6]  # stored (i, j, k) inside the phantom's block
 REPO_WEB = Path(__file__).resolve().parents[1] / "viewer_plugins" / "web"
+AXIAL, CORONAL = 0, 1  # NiiVue's tile kinds (axCorSag)
+BOX = ([74, 31, 8], [88, 45, 8])  # a 2-D box around the right kidney on axial slice k = 8 (centre RIGHT_KIDNEY)
+LASSO = [[60, 38, 5], [100, 38, 5], [100, 38, 12], [60, 38, 12]]  # a rectangle on coronal slice j = 38
+ERASE = [[70, 38, 7], [90, 38, 7], [90, 38, 10], [70, 38, 10]]  # a smaller one inside it
 
 
 @pytest.fixture
@@ -116,25 +120,74 @@ def server_mask(url: str, session_id: str) -> np.ndarray:
     return np.asarray(image.dataobj).astype(np.uint8)
 
 
-def click_voxel(page, vox: list[int], shift: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """Click the canvas where voxel `vox` is drawn (NiiVue gives device pixels; the mouse wants CSS pixels)."""
+def voxel_xy(page, vox: list[int], tile: int = AXIAL) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Page coordinates of NiiVue (RAS) voxel `vox` on the `tile` view (NiiVue gives device pixels; the mouse
+    wants CSS pixels)."""
     css = page.evaluate(
-        """(vox) => {
+        """([vox, tile]) => {
             const nv = window.viewer.nv;
-            const r = nv.frac2canvasPosWithTile(nv.vox2frac(vox), nv.sliceTypeAxial);
+            const r = nv.frac2canvasPosWithTile(nv.vox2frac(vox), tile);
             if (!r) return null;
             const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
             return [r.pos[0] / dpr, r.pos[1] / dpr];
         }""",
-        vox,
+        [vox, tile],
     )
     assert css is not None, f"voxel {vox} is not on a visible tile"
     box = page.locator("#gl").bounding_box()
+    return box["x"] + css[0], box["y"] + css[1]
+
+
+def click_voxel(page, vox: list[int], shift: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Click the canvas where voxel `vox` is drawn on the axial view."""
+    x, y = voxel_xy(page, vox)
     if shift:
         page.keyboard.down("Shift")
-    page.mouse.click(box["x"] + css[0], box["y"] + css[1])
+    page.mouse.click(x, y)
     if shift:
         page.keyboard.up("Shift")
+
+
+def drag_voxels(page, path: list[list[int]], tile: int = AXIAL, shift: bool = False) -> int:  # type: ignore[no-untyped-def]
+    """Press on the first voxel of `path`, move through the others (with intermediate moves), release.
+    -> how many pixels of the #draw overlay the outline covered just before the release."""
+    points = [voxel_xy(page, vox, tile) for vox in path]
+    page.mouse.move(*points[0])
+    if shift:
+        page.keyboard.down("Shift")
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=6)
+    drawn = overlay_pixels(page)
+    page.mouse.up()
+    if shift:
+        page.keyboard.up("Shift")
+    return drawn
+
+
+def overlay_pixels(page) -> int:  # type: ignore[no-untyped-def]
+    """Non-transparent pixels on the #draw canvas (the box or lasso outline while it is drawn)."""
+    return page.evaluate(
+        """() => {
+            const c = document.getElementById("draw");
+            if (!c.width || !c.height) return 0;
+            const a = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 3; i < a.length; i += 4) n += a[i] > 0;
+            return n;
+        }"""
+    )
+
+
+def show_slice(page, vox: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Put NiiVue's crosshair (which picks the slices shown) on RAS voxel `vox`."""
+    page.evaluate(
+        "(v) => { const nv = window.viewer.nv; nv.scene.crosshairPos = nv.vox2frac(v); nv.drawScene(); }", vox
+    )
+
+
+def crosshair(page) -> list[float]:  # type: ignore[no-untyped-def]
+    return page.evaluate("Array.from(window.viewer.nv.scene.crosshairPos)")
 
 
 def screenshot(page) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -146,6 +199,19 @@ def screenshot(page) -> np.ndarray:  # type: ignore[no-untyped-def]
 def red_pixels(rgb: np.ndarray) -> int:
     """Pixels the kidney colour (label 1 is red) dominates."""
     return int(((rgb[..., 0] > rgb[..., 1] + 60) & (rgb[..., 0] > rgb[..., 2] + 60)).sum())
+
+
+def open_sample_ct(page, url: str) -> str:  # type: ignore[no-untyped-def]
+    """Load the viewer, open the CT with the region-growing click model; -> the session id."""
+    page.goto(f"{url}/viewer/")
+    wait(page, "window.viewer && (window.viewer.ready || window.viewer.error)")
+    assert page.evaluate("window.viewer.error") is None
+    page.locator('#images li[data-image="sample_ct"]').click()
+    wait(page, "window.viewer.state.session !== null")
+    idle(page)
+    page.select_option("#model", "region_growing")  # deterministic, no weights
+    page.select_option("#window", "400,50")  # abdomen window
+    return page.evaluate("window.viewer.state.session.session_id")
 
 
 def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
@@ -172,9 +238,7 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     page.select_option("#window", "400,50")  # abdomen window
 
     # Show the kidney's slice, then check the canvas is drawn (not blank) and carries no label colour yet.
-    page.evaluate(
-        "(v) => { const nv = window.viewer.nv; nv.scene.crosshairPos = nv.vox2frac(v); nv.drawScene(); }", OUTSIDE
-    )
+    show_slice(page, OUTSIDE)
     before = screenshot(page)
     assert before.std() > 10 and (before.sum(axis=2) > 30).mean() > 0.2, "the image is not drawn"
     red_before = red_pixels(before)
@@ -256,9 +320,7 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     # On an image stored right-to-left, a click still reaches the server as the voxel's stored index.
     ras = [PHANTOM_SHAPE[0] - 1 - PHANTOM_TARGET[0], *PHANTOM_TARGET[1:]]  # where NiiVue (RAS) has it
     assert page.evaluate("(v) => window.viewer.nativeVoxel(v)", ras) == PHANTOM_TARGET
-    page.evaluate(
-        "(v) => { const nv = window.viewer.nv; nv.scene.crosshairPos = nv.vox2frac(v); nv.drawScene(); }", [10, 12, 6]
-    )
+    show_slice(page, [10, 12, 6])
     click_voxel(page, ras)
     wait(page, "window.viewer.state.lastAnswer !== null")
     idle(page)
@@ -269,6 +331,94 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
 
     assert page.evaluate("window.viewer.error") is None
     # With auth off GET /auth/ is a 404: that is how the page learns no login is needed.
+    assert [e for e in page.errors if e != f"HTTP 404 {url}/auth/"] == []  # type: ignore[attr-defined]
+
+
+def test_box_and_lasso_tools_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
+    """Box (Box button) and lasso (L key, then shift for erasing) drawn on slices become box and lasso prompts in
+    stored voxel indices; their deltas land in the overlay exactly as in the server's mask, on that slice only."""
+    url = server.url
+    sent: list[dict] = []  # the prompts the page posts, as the server receives them
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json["prompt"]) if r.method == "POST" and r.url.endswith("/prompt") else None,
+    )
+    session_id = open_sample_ct(page, url)
+
+    def server_state() -> dict:
+        return httpx.get(f"{url}/interactive/sessions/{session_id}").json()
+
+    def answered(version: int) -> None:
+        wait(page, f"window.viewer.state.lastAnswer && window.viewer.state.lastAnswer.version === {version}")
+        idle(page)
+
+    # Box: a rectangle dragged on the axial slice k = 8 around the kidney.
+    page.locator("#tool-box").click()
+    assert page.evaluate("window.viewer.state.tool") == "box"
+    assert page.locator("#tool-box").get_attribute("class") == "active"
+    show_slice(page, OUTSIDE)
+    before = crosshair(page)
+    assert drag_voxels(page, [BOX[0], [81, 45, 8], BOX[1]]) > 100, "no rectangle drawn on the overlay"
+    answered(1)
+    assert overlay_pixels(page) == 0, "the rectangle stays on the overlay after the answer"
+    assert crosshair(page) == before, "NiiVue moved the crosshair during the box drag"
+    assert [(p["type"], p["corners"], p.get("model")) for p in sent] == [("box", [*BOX], "region_growing")]
+    state = server_state()
+    assert state["interactions"] == 1 and state["object"]["foreground"] == [RIGHT_KIDNEY]  # the box's centre
+    boxed = server_mask(url, session_id)
+    assert np.array_equal(page_mask(page), boxed), "the overlay differs from the server's mask after the box"
+    labeled = np.argwhere(boxed > 0)
+    assert len(labeled) > 20 and boxed[tuple(RIGHT_KIDNEY)] == 1
+    assert (labeled[:, 2] == 8).all(), "label voxels outside the box's slice"
+    assert (labeled[:, :2] >= BOX[0][:2]).all() and (labeled[:, :2] <= BOX[1][:2]).all(), "label outside the box"
+
+    # Lasso (key L) on a coronal slice: the stored axis held fixed is 1 (j), the polygon is in (i, k).
+    page.locator("#gl").focus()
+    page.keyboard.press("l")  # NiiVue's own L (crosshair right) must not fire too
+    assert page.evaluate("window.viewer.state.tool") == "lasso" and crosshair(page) == before
+    page.select_option("#view", "coronal")
+    show_slice(page, RIGHT_KIDNEY)
+    before = crosshair(page)
+    assert drag_voxels(page, [*LASSO, LASSO[0]], tile=CORONAL) > 100, "no outline drawn on the overlay"
+    answered(2)
+    assert crosshair(page) == before, "NiiVue moved the crosshair during the lasso"
+    prompt = sent[-1]
+    assert (prompt["type"], prompt["axis"], prompt["index"], prompt["positive"]) == ("lasso", 1, 38, True)
+    outline = {tuple(v) for v in prompt["polygon"]}
+    assert {(i, k) for i, _, k in LASSO} <= outline, f"the outline misses the corners: {prompt['polygon']}"
+    assert all(60 <= i <= 100 and 5 <= k <= 12 for i, k in outline), prompt["polygon"]
+    filled = server_mask(url, session_id)
+    assert np.array_equal(page_mask(page), filled), "the overlay differs from the server's mask after the lasso"
+    changed = np.argwhere(filled != boxed)
+    assert len(changed) > 200 and (changed[:, 1] == 38).all(), "the lasso changed voxels off its slice"
+    assert (filled[61:100, 38, 6:12] == 1).all(), "the lasso's inside is not filled"
+    rows, cols = changed[:, 0], changed[:, 2]
+    assert rows.min() >= 60 and rows.max() <= 100 and cols.min() >= 5 and cols.max() <= 12
+
+    # Shift-lasso erases inside the filled region; undo brings it back (the server's history, unchanged).
+    drag_voxels(page, [*ERASE, ERASE[0]], tile=CORONAL, shift=True)
+    answered(3)
+    assert (sent[-1]["type"], sent[-1]["axis"], sent[-1]["positive"]) == ("lasso", 1, False)
+    erased = server_mask(url, session_id)
+    assert np.array_equal(page_mask(page), erased), "the overlay differs from the server's mask after erasing"
+    gone = np.argwhere(erased != filled)
+    assert len(gone) > 20 and (gone[:, 1] == 38).all() and (erased[tuple(gone.T)] == 0).all()
+    assert (erased[71:90, 38, 8:10] == 0).all()
+    page.keyboard.press("Control+z")
+    answered(2)
+    assert np.array_equal(page_mask(page), filled) and np.array_equal(server_mask(url, session_id), filled)
+    assert len(sent) == 3, f"a drag also sent other prompts: {sent}"
+
+    # Back to points (key P): a click is a point prompt again.
+    page.locator("#gl").focus()  # the view selector had it: letters would pick its options
+    page.keyboard.press("p")
+    assert page.evaluate("window.viewer.state.tool") == "point"
+    page.select_option("#view", "axial")
+    show_slice(page, OUTSIDE)
+    click_voxel(page, RIGHT_KIDNEY)
+    answered(3)
+    assert sent[-1]["type"] == "point" and sent[-1]["point"] == RIGHT_KIDNEY
+    assert page.evaluate("window.viewer.error") is None
     assert [e for e in page.errors if e != f"HTTP 404 {url}/auth/"] == []  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,5 @@
-// The browser viewer: list images, open one, click on it to segment through an interactive session, save.
+// The browser viewer: list images, open one, segment it through an interactive session (point clicks, boxes
+// and lassos drawn on a slice), save.
 // Plain ES module, no build step. NiiVue draws the image (volumes[0]), the session's mask (volumes[1],
 // edited in place from the server's deltas) and, when the image has one, its latest saved label
 // (volumes[2], shown faintly for reference). A session on a labeled image starts from that saved label
@@ -14,6 +15,8 @@ import { applyDelta, decodeDelta } from "./delta.js";
 const $ = (id) => document.getElementById(id);
 const CLICK_MODEL_TYPES = ["deepgrow", "deepedit"];
 const CLICK_SLOP_PX = 4; // a press that moves further is a drag (slice, contrast), not a click
+const TOOLS = { p: "point", x: "box", l: "lasso" }; // key -> tool
+const HELD_RAS_AXIS = [2, 1, 0]; // NiiVue tile (axCorSag: axial, coronal, sagittal) -> the RAS axis it holds fixed
 const SAVED_OPACITY = 0.35;
 const PALETTE = [
   [230, 57, 70], [46, 196, 102], [58, 134, 255], [255, 190, 11], [199, 84, 230],
@@ -37,9 +40,11 @@ const state = {
   pending: 0,
   lastAnswer: null,
   newObject: false,
+  tool: "point", // "point" | "box" | "lasso"
 };
 const viewer = { ready: false, error: null, nv: null, api, state, maskVolume: () => viewer.nv?.volumes[1] ?? null };
 viewer.nativeVoxel = (ras) => nativeVoxel(viewer.nv.volumes[0], ras); // NiiVue's (RAS) voxel -> the server's
+viewer.setTool = (tool) => setTool(tool);
 window.viewer = viewer;
 
 // ------------------------------------------------------------------------------------------ status line
@@ -271,7 +276,7 @@ async function openImage(id) {
     await openSession(id, dims, state.savedVersion);
     state.openedAt = performance.now();
     const note = state.savedVersion ? ` · started from saved final v${state.savedVersion}` : "";
-    setStatus(`${id} ready: click to segment${note}`);
+    setStatus(`${id} ready: click, box or lasso to segment${note}`);
     setLatency("load", performance.now() - started);
   });
 }
@@ -317,17 +322,30 @@ function sendPoint(vox, positive) {
   const session = state.session;
   if (!session) return;
   const point = vox.map((v, axis) => Math.min(Math.max(Math.round(v), 0), session.shape[axis] - 1));
-  const prompt = { type: "point", point, positive, label: $("label").value || undefined };
-  if ($("model").value) prompt.model = $("model").value;
-  const newObject = state.newObject;
-  state.newObject = false;
-  updateButtons();
+  return sendPrompt({ type: "point", point, positive }, `${positive ? "foreground" : "background"} point [${point}]`);
+}
+
+/**
+ * Send one prompt and apply its delta. Points and boxes refine the current object with the click model (and
+ * consume "New object"); a lasso is painted directly by the server, no model, and ends the current object.
+ */
+function sendPrompt(prompt, what) {
+  const session = state.session;
+  if (!session) return;
+  const usesModel = prompt.type !== "lasso";
+  prompt.label = $("label").value || undefined;
+  if (usesModel && $("model").value) prompt.model = $("model").value;
+  const newObject = usesModel && state.newObject;
+  if (usesModel) {
+    state.newObject = false;
+    updateButtons();
+  }
   return serial(async () => {
     const { data, ms } = await api.post(`interactive/sessions/${session.session_id}/prompt`, {
       prompt,
       new_object: newObject,
     });
-    await applyAnswer(data, ms, `${positive ? "foreground" : "background"} point [${point}]`);
+    await applyAnswer(data, ms, what);
   });
 }
 
@@ -453,7 +471,7 @@ function wireCanvas(canvas) {
   canvas.addEventListener("pointerup", (event) => {
     const start = press;
     press = null;
-    if (!start || start.button !== event.button || !state.session) return;
+    if (!start || start.button !== event.button || !state.session || state.tool !== "point") return;
     if (Math.hypot(event.clientX - start.x, event.clientY - start.y) > CLICK_SLOP_PX) return;
     if (event.button !== 0 && event.button !== 2) return;
     const vox = canvasVoxel(event);
@@ -464,6 +482,183 @@ function wireCanvas(canvas) {
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 }
 
+// --------------------------------------------------------------------------------------- box and lasso
+// A box or lasso is drawn with the left button on one 2-D tile. The press, moves and release are taken in
+// the capture phase on `window`, before they reach NiiVue's canvas listeners, so NiiVue neither moves the
+// crosshair nor pans while one is drawn (the wheel and the right button still reach it: slice, contrast).
+// The outline is drawn on the #draw canvas above NiiVue's; voxels are the image's as stored (`nativeVoxel`).
+let drag = null; // {tool, tile, axis, index, positive, start, end, path, voxels}
+
+function setTool(tool) {
+  if (!Object.values(TOOLS).includes(tool)) return;
+  cancelDrag();
+  state.tool = tool;
+  for (const button of document.querySelectorAll("#tools [data-tool]")) {
+    button.classList.toggle("active", button.dataset.tool === tool);
+    button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
+  }
+  $("stage").dataset.tool = tool;
+}
+
+function devicePos(event) {
+  const nv = viewer.nv;
+  const rect = nv.canvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  return [(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr];
+}
+
+/** The stored axis that a step along RAS axis `rasAxis` moves on (NiiVue's native<->RAS strides: 1, nx, nx*ny). */
+function storedAxis(volume, rasAxis) {
+  const nx = volume.hdr.dims[1];
+  const stride = Math.abs(volume.img2RASstep[rasAxis]);
+  return stride === 1 ? 0 : stride === nx ? 1 : 2;
+}
+
+/** The stored voxel under device pixel `pos`, on the drag's tile and slice (outside the tile: its nearest edge). */
+function dragVoxel(d, pos) {
+  const nv = viewer.nv;
+  const [left, top, width, height] = nv.screenSlices[d.tile].leftTopWidthHeight;
+  const [x0, x1] = [Math.min(left, left + width), Math.max(left, left + width)];
+  const [y0, y1] = [Math.min(top, top + height), Math.max(top, top + height)];
+  const x = Math.min(Math.max(pos[0], x0 + 0.5), x1 - 0.5);
+  const y = Math.min(Math.max(pos[1], y0 + 0.5), y1 - 0.5);
+  const frac = nv.screenXY2TextureFrac(x, y, d.tile, false);
+  const voxel = nativeVoxel(nv.volumes[0], Array.from(nv.frac2vox(frac))); // clamped into the image
+  if (d.index !== null) voxel[d.axis] = d.index;
+  return voxel;
+}
+
+function startDrag(event) {
+  const nv = viewer.nv;
+  if (!state.session || !nv.volumes.length) return null;
+  const pos = devicePos(event);
+  const tile = nv.tileIndex(pos[0], pos[1]);
+  const slice = nv.screenSlices[tile];
+  if (tile < 0 || !slice || slice.axCorSag > 2) {
+    setStatus(`draw the ${state.tool} on a 2-D slice`);
+    return null;
+  }
+  const axis = storedAxis(nv.volumes[0], HELD_RAS_AXIS[slice.axCorSag]);
+  const positive = state.tool === "box" || (!event.shiftKey && !$("background").checked);
+  const d = { tool: state.tool, tile, axis, index: null, positive, start: pos, end: pos, path: [pos], voxels: [] };
+  const first = dragVoxel(d, pos);
+  d.index = first[axis];
+  d.voxels.push(first);
+  const overlay = $("draw");
+  const rect = nv.canvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
+  overlay.width = Math.round(rect.width * dpr);
+  overlay.height = Math.round(rect.height * dpr);
+  return d;
+}
+
+function extendDrag(d, event) {
+  const pos = devicePos(event);
+  d.end = pos;
+  if (d.tool === "lasso") {
+    d.path.push(pos);
+    const voxel = dragVoxel(d, pos);
+    if (voxel.join() !== d.voxels[d.voxels.length - 1].join()) d.voxels.push(voxel);
+  }
+  drawDrag(d);
+}
+
+function drawDrag(d) {
+  const overlay = $("draw");
+  const ctx = overlay.getContext("2d");
+  ctx.clearRect(0, 0, overlay.width, overlay.height);
+  const dpr = viewer.nv.uiData.dpr || window.devicePixelRatio || 1;
+  ctx.lineWidth = 1.5 * dpr;
+  ctx.strokeStyle = d.positive ? "rgb(255, 214, 10)" : "rgb(120, 180, 255)";
+  ctx.fillStyle = d.positive ? "rgba(255, 214, 10, 0.18)" : "rgba(120, 180, 255, 0.18)";
+  ctx.beginPath();
+  if (d.tool === "box") {
+    ctx.rect(d.start[0], d.start[1], d.end[0] - d.start[0], d.end[1] - d.start[1]);
+  } else {
+    d.path.forEach(([x, y], n) => (n ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.closePath();
+  }
+  ctx.fill();
+  ctx.stroke();
+}
+
+function clearOverlay() {
+  if (drag) return; // a new outline is being drawn
+  const overlay = $("draw");
+  overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+}
+
+function cancelDrag() {
+  drag = null;
+  clearOverlay();
+}
+
+function finishDrag(d, event) {
+  extendDrag(d, event);
+  const dpr = viewer.nv.uiData.dpr || window.devicePixelRatio || 1;
+  let sent;
+  if (d.tool === "box") {
+    if (Math.hypot(d.end[0] - d.start[0], d.end[1] - d.start[1]) / dpr <= CLICK_SLOP_PX) {
+      setStatus("box: drag a rectangle around the object");
+    } else {
+      const corners = [d.voxels[0], dragVoxel(d, d.end)];
+      sent = sendPrompt({ type: "box", corners }, `box [${corners[0]}]–[${corners[1]}]`);
+    }
+  } else {
+    const [a, b] = [0, 1, 2].filter((axis) => axis !== d.axis); // the slice's axes, ascending
+    const polygon = [];
+    for (const voxel of d.voxels) {
+      const vertex = [voxel[a], voxel[b]];
+      const last = polygon[polygon.length - 1];
+      if (!last || last[0] !== vertex[0] || last[1] !== vertex[1]) polygon.push(vertex);
+    }
+    if (polygon.length > 1 && polygon[0].join() === polygon[polygon.length - 1].join()) polygon.pop();
+    if (polygon.length < 3) {
+      setStatus("lasso: draw an outline around the region (at least three voxels)");
+    } else {
+      const what = `lasso ${d.positive ? "fill" : "erase"} (axis ${d.axis}, slice ${d.index}, ${polygon.length} vertices)`;
+      sent = sendPrompt({ type: "lasso", axis: d.axis, index: d.index, polygon, positive: d.positive }, what);
+    }
+  }
+  if (sent) sent.finally(clearOverlay);
+  else clearOverlay();
+}
+
+function wireDrawing(canvas) {
+  // Capture phase on window: runs before NiiVue's own listeners on the canvas, which never see these events.
+  window.addEventListener(
+    "mousedown",
+    (event) => {
+      if (event.target !== canvas || state.tool === "point" || event.button !== 0 || !state.session) return;
+      event.stopPropagation();
+      event.preventDefault();
+      drag = startDrag(event);
+      if (drag) drawDrag(drag);
+    },
+    true,
+  );
+  window.addEventListener(
+    "mousemove",
+    (event) => {
+      if (!drag) return;
+      event.stopPropagation();
+      extendDrag(drag, event);
+    },
+    true,
+  );
+  window.addEventListener(
+    "mouseup",
+    (event) => {
+      if (!drag || event.button !== 0) return;
+      event.stopPropagation();
+      const d = drag;
+      drag = null;
+      finishDrag(d, event);
+    },
+    true,
+  );
+}
+
 function wireControls() {
   $("next").addEventListener("click", next);
   $("refresh").addEventListener("click", () => loadListing().catch(showError));
@@ -471,6 +666,9 @@ function wireControls() {
   $("redo").addEventListener("click", () => step("redo"));
   $("reset").addEventListener("click", () => step("reset"));
   $("save").addEventListener("click", save);
+  for (const button of document.querySelectorAll("#tools [data-tool]")) {
+    button.addEventListener("click", () => setTool(button.dataset.tool));
+  }
   $("new-object").addEventListener("click", () => {
     state.newObject = !state.newObject;
     updateButtons();
@@ -507,9 +705,26 @@ function wireControls() {
     else if (mod && key === "s") save();
     else if (!mod && key === "b") $("background").checked = !$("background").checked;
     else if (!mod && key === "n") $("new-object").click();
+    else if (key === "escape" && drag) cancelDrag();
     else return;
     event.preventDefault();
   });
+  // Tool keys in the capture phase: with the canvas focused NiiVue would also act on them (L moves its
+  // crosshair, P cycles clip planes on key up), so they stop here.
+  const toolKey = (event) =>
+    !event.ctrlKey && !event.metaKey && !event.altKey && TOOLS[event.key.toLowerCase()] &&
+    !event.target.closest("input:not([type=checkbox]):not([type=range]), textarea, select");
+  window.addEventListener(
+    "keydown",
+    (event) => {
+      if (!toolKey(event)) return;
+      setTool(TOOLS[event.key.toLowerCase()]);
+      event.preventDefault();
+      event.stopPropagation();
+    },
+    true,
+  );
+  window.addEventListener("keyup", (event) => toolKey(event) && event.stopPropagation(), true);
   window.addEventListener("pagehide", () => {
     if (state.session) closeSession({ keepalive: true });
   });
@@ -531,7 +746,9 @@ async function main() {
   await nv.attachTo("gl");
   nv.setSliceType(nv.sliceTypeAxial);
   wireCanvas(nv.canvas);
+  wireDrawing(nv.canvas);
   wireControls();
+  setTool("point");
   updateButtons();
   if (!(await checkAuth())) {
     setStatus("log in to continue");
