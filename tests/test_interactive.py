@@ -411,6 +411,18 @@ def test_a_session_can_start_from_a_saved_label_and_save_its_correction(client) 
 
     older = Client(client, from_label="final", from_version=1)
     assert older.server_mask()[14, 8, 8] == 0
+    # A background click on the saved blob corrects it: the blob becomes the object being refined.
+    older.mask = older.server_mask()
+    older.point((9, 9, 9), positive=False)
+    expected = first.mask.copy()
+    expected[9, 9, 9] = 0
+    assert np.array_equal(older.mask, expected) and np.array_equal(older.server_mask(), expected)
+    assert client.get(f"/interactive/sessions/{older.id}").json()["object"]["foreground"] == [[8, 8, 8]]
+    older.send("undo")
+    assert np.array_equal(older.mask, first.mask)
+    nowhere = {"prompt": {"type": "point", "point": [2, 2, 2], "positive": False}}
+    away = client.post(f"/interactive/sessions/{older.id}/prompt", json=nowhere)
+    assert away.status_code == 422 and "already has this label" in away.json()["detail"]  # nothing there to correct
     missing = client.post("/interactive/sessions", json={"image": "phantom_b", "from_label": "final"})
     assert missing.status_code == 404 and "phantom_b" in missing.json()["detail"]
 

@@ -67,8 +67,13 @@ def refine_object(
         check_points([tuple(voxels.min(axis=0)), tuple(voxels.max(axis=0))], shape, "scribble")
         (obj.foreground if prompt.positive else obj.background).extend(_scribble_clicks(voxels))
         painted = voxels
+    if isinstance(prompt, PointPrompt) and not prompt.positive and obj.mask is None:
+        adopt_labeled_blob(session, obj, tuple(prompt.point))  # a correction of a saved (or finished) blob
     if not obj.foreground:
-        raise InvalidRequestError("start an object with a foreground prompt (positive: true)")
+        raise InvalidRequestError(
+            "start an object with a foreground prompt (positive: true), or click background on a voxel that "
+            "already has this label to correct that blob"
+        )
     earlier = obj.mask is not None  # a correction of an existing object, not its first prompt
     result = task.infer(volume, InferParams(foreground=obj.foreground, background=obj.background, label=label))
     # The task's mask is a fresh full-size array: edit it in place and only inside boxes, never copy it whole,
@@ -93,6 +98,29 @@ def refine_object(
     forward_s = result.extra.get("forward_s")
     change.forward_s = float(forward_s) if isinstance(forward_s, int | float) else None
     return change
+
+
+def adopt_labeled_blob(session: InteractiveSession, obj: ObjectState, click: tuple[int, ...]) -> None:
+    """Make the blob of `obj`'s label under a background click the object being refined.
+
+    Without this, a background click needs an object started by a foreground click in this session, so a
+    label the session started from (`from_label`), or an object already finished, could only be erased
+    with the lasso. The blob is the 26-connected region of the label's value around the click; its foreground
+    seed is the blob's voxel nearest its centroid; what lay beneath it is unknown, so background.
+    """
+    value = session.labels[obj.label]
+    if session.mask[click] != value:
+        return
+    blob = flood(session.mask == value, click, connectivity=3)
+    box = mask_box(blob)
+    if box is None:
+        return
+    inside = blob[box]
+    voxels = np.argwhere(inside)
+    seed = voxels[np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))]
+    obj.box, obj.mask = box, inside.copy()
+    obj.base = np.where(inside, np.uint8(0), session.mask[box])
+    obj.foreground.append(tuple(int(v + b.start) for v, b in zip(seed, box, strict=True)))  # type: ignore[arg-type]
 
 
 def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, click: tuple[int, ...]) -> Box | None:
