@@ -128,7 +128,8 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
 
     A click model re-predicts the whole object, so besides the region the annotator clicked, its boundary
     wobbles by a voxel here and there, in places the annotator already accepted. Of the voxels whose value
-    changed, only those connected (26-neighbourhood) to the clicked voxel are kept; the others go back to the
+    changed, only those face-connected to the clicked voxel are kept (face, not corner: boundary wobbles often
+    touch the asked-for region only at a corner or an edge); the others go back to the
     object's previous mask. If the clicked voxel itself did not change (the model ignored the click), the
     model's whole answer stands, as before. `mask` (full size) is edited in place, inside boxes only.
     """
@@ -147,7 +148,7 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
         return union_box(roi, box)
     # A flood from the click touches only the asked-for region: on a fine image several times faster than
     # labelling every component of the change (the boundary wobbles are many, small and scattered).
-    asked = flood(changed, local_click, connectivity=3)  # connectivity 3: the 26-neighbourhood
+    asked = flood(changed, local_click, connectivity=1)  # connectivity 1: the 6 face neighbours
     mask[box] = np.where(asked, current, previous)
     return union_box(roi, box)
 
