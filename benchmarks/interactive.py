@@ -136,7 +136,7 @@ def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
     from annotation_models import bundle_path
     from annotation_server.imaging import read_volume
     from annotation_server.inference.click_task import BundleClickTask
-    from annotation_server.inference.onednn import OneDNNConv3d, OneDNNConvTranspose3d
+    from annotation_server.inference.onednn import OneDNNConv3d
 
     task = BundleClickTask(bundle_path(model))
     task.load("cpu")
@@ -144,8 +144,6 @@ def raw_forward_p50(model: str, repeats: int, stock: bool = False) -> float:
         for module in task._runtime().network.modules():
             if type(module) is OneDNNConv3d:
                 module.__class__ = torch.nn.Conv3d
-            elif type(module) is OneDNNConvTranspose3d:
-                module.__class__ = torch.nn.ConvTranspose3d
     volume = read_volume(REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz")
     network_input, _, _ = task.network_patch(volume, [KIDNEY_CLICKS[0]], [])
     runtime = task._runtime()

@@ -103,13 +103,12 @@ class Saved(BaseModel):
 async def open_session(body: OpenSession, services: Services = Depends(get_services)) -> dict[str, Any]:
     session = await run_in_threadpool(
         services.interactive.open,
-        body.image,
-        None,
-        body.model,
-        body.label,
-        body.client_id,
-        body.from_label,
-        body.from_version,
+        image_id=body.image,
+        model=body.model,
+        label=body.label,
+        client_id=body.client_id,
+        from_label=body.from_label,
+        from_version=body.from_version,
     )
     return session.describe()
 
@@ -126,7 +125,12 @@ async def open_upload_session(
     await save_upload(file, target, services.settings.max_upload_mb << 20)
     try:
         session = await run_in_threadpool(
-            services.interactive.open, None, target, options.model, options.label, options.client_id, options.from_label
+            services.interactive.open,
+            upload=target,
+            model=options.model,
+            label=options.label,
+            client_id=options.client_id,
+            from_label=options.from_label,  # refused with a reason: an upload has no saved labels
         )
     except BaseException:
         target.unlink(missing_ok=True)

@@ -5,10 +5,6 @@ plane (N*C*H*W, ignoring depth) is large; a single 3-D patch with few channels f
 slow im2col kernel. A click is exactly that case: one 64^3 patch with 3-64 channels. On this machine
 the click model's forward took 80 ms that way and 22 ms through oneDNN, with outputs equal to 5e-6.
 
-Transposed convolutions (the UNet's up-sampling path) go the same way through oneDNN's deconvolution, when
-this torch build has it (`torch.ops.mkldnn._convolution_transpose_pointwise`, the kernel torch.compile uses
-on CPU); otherwise they stay stock.
-
 Only inference changes: with gradients enabled (training, fine-tuning) the stock path runs, so the
 numbers of a training run do not depend on this. The class swap keeps state dicts, deep copies and
 pickles identical to a plain network.
@@ -37,51 +33,13 @@ class OneDNNConv3d(nn.Conv3d):
         )
 
 
-def _onednn_deconvolution() -> object | None:
-    return getattr(getattr(torch.ops, "mkldnn", None), "_convolution_transpose_pointwise", None)
-
-
-class OneDNNConvTranspose3d(nn.ConvTranspose3d):
-    """nn.ConvTranspose3d whose no-grad CPU float32 forward goes through oneDNN's deconvolution."""
-
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        deconvolution = _onednn_deconvolution()
-        if (
-            deconvolution is None
-            or output_size is not None
-            or torch.is_grad_enabled()
-            or input.device.type != "cpu"
-            or input.dtype != torch.float32
-            or self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
-        ):
-            return super().forward(input, output_size)
-        return deconvolution(  # type: ignore[operator]
-            input.contiguous(),
-            self.weight,
-            self.bias,
-            list(self.padding),
-            list(self.output_padding),
-            list(self.stride),
-            list(self.dilation),
-            self.groups,
-            "none",
-            [],
-            "",
-        )
-
-
-_SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv3d: OneDNNConv3d, nn.ConvTranspose3d: OneDNNConvTranspose3d}
-
-
 def use_onednn_convolutions(network: nn.Module, device: torch.device) -> int:
-    """Switch the network's 3-D (transposed) convolutions to the oneDNN path on CPU; returns how many."""
+    """Switch the network's 3-D convolutions to the oneDNN path on CPU; returns how many were switched."""
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return 0
     switched = 0
     for module in network.modules():
-        fast = _SWAPS.get(type(module))
-        if fast is not None and (fast is OneDNNConv3d or _onednn_deconvolution() is not None):
-            module.__class__ = fast
+        if type(module) is nn.Conv3d:
+            module.__class__ = OneDNNConv3d
             switched += 1
     return switched

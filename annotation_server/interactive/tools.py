@@ -138,19 +138,19 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
         return roi
     local_click = tuple(int(c) - b.start for c, b in zip(click, box, strict=True))
     if any(not 0 <= c < b.stop - b.start for c, b in zip(local_click, box, strict=True)):
-        return union_box(roi, box)
+        return box
     previous = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     inner = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(obj.box, box, strict=True))
     previous[inner] = obj.mask
     current = mask[box].astype(bool)
     changed = previous != current
     if not changed[local_click]:
-        return union_box(roi, box)
+        return box
     # A flood from the click touches only the asked-for region: on a fine image several times faster than
     # labelling every component of the change (the boundary wobbles are many, small and scattered).
     asked = flood(changed, local_click, connectivity=1)  # connectivity 1: the 6 face neighbours
     mask[box] = np.where(asked, current, previous)
-    return union_box(roi, box)
+    return box  # every non-zero voxel of `mask` now lies in `box`: a smaller search than the roi
 
 
 def draw_lasso(session: InteractiveSession, prompt: LassoPrompt, label: str) -> Change:

@@ -57,11 +57,6 @@ class Reservations:
             self._by_image[image_id] = reservation
             return reservation
 
-    def release_image(self, image_id: str) -> None:
-        """The image was labeled or deleted: nobody holds it any more."""
-        with self._lock:
-            self._by_image.pop(image_id, None)
-
     def snapshot(self) -> list[Reservation]:
         with self._lock:
             self._expire()
