@@ -220,6 +220,7 @@ def startup_summary(services: Services) -> str:
         f"  models:  {models} on {services.device}",
         *(f"  NOT SERVED: {name}: {reason}" for name, reason in services.failed_models.items()),
         f"  studies: {store.stats().total} in {where}",
+        f"  data:    {settings.data_dir} (model registry, users, sessions)",
         f"  logs:    {settings.log_file}",
         f"  auth:    {services.auth.describe()}",
     ]
@@ -260,7 +261,9 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         if settings.rescan_interval_s > 0:
             tasks.append(asyncio.create_task(_every(settings.rescan_interval_s, services.datastore.rescan)))
         summary = startup_summary(services)
-        logger.info(summary)
+        # Once on stdout (unwrapped, whatever the terminal) and once in the log file; not through the console
+        # log handler too, which would print it a second time when stdout and stderr go to the same file.
+        handler.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, summary, None, None))
         print(summary, flush=True)
         try:
             yield
