@@ -257,7 +257,8 @@ def train_command(
     steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --max-epochs)")] = None,
     val_split: Annotated[float, typer.Option(help="share of labeled images held out for validation")] = 0.2,
     learning_rate: Annotated[float, typer.Option(help="peak learning rate")] = 5e-4,
-    min_improvement: Annotated[float, typer.Option(help="Dice the new version must gain to be promoted")] = 0.0,
+    min_improvement: Annotated[float, typer.Option(help="Mean Dice the new version must gain to be promoted")] = 0.0,
+    min_val_images: Annotated[int, typer.Option(help="Fewest validation images the promotion gate decides on")] = 5,
     promote: Annotated[bool, typer.Option(help="promote when the gate passes")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
@@ -291,6 +292,7 @@ def train_command(
         val_split=val_split,
         learning_rate=learning_rate,
         min_improvement=min_improvement,
+        min_val_images=min_val_images,
         auto_promote=promote,
         device=device,
     )

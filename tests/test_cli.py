@@ -52,7 +52,7 @@ def test_train_command_makes_a_version_and_models_list_shows_what_serves(tmp_pat
     common = ("--app", "kidney", "--data-dir", str(tmp_path / "data"))
     trained = _run(
         "train", "--studies", str(tmp_path / "studies"), *common, "--steps", "2", "--val-split", "0.1",
-        "--min-improvement", "-1",
+        "--min-improvement", "-1", "--min-val-images", "1",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     outcome = json.loads(trained.stdout)
