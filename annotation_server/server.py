@@ -32,6 +32,7 @@ from annotation_server.api import (
     train,
     versions,
 )
+from annotation_server.api.docs import install_offline_docs
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
@@ -283,6 +284,8 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         description="AI-assisted annotation of 3D medical images; speaks the MONAI Label REST protocol.",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served from local files by install_offline_docs, not from a CDN
+        redoc_url=None,
     )
     app.add_middleware(
         CORSMiddleware,
@@ -292,6 +295,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         allow_headers=["*"],
     )
     install_error_handlers(app)
+    install_offline_docs(app)
     install_request_metrics(app, metrics)
     app.state.metrics = metrics
 
