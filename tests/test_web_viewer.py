@@ -225,6 +225,11 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     assert page.evaluate("window.viewer.error") is None
     assert page.locator("#images li").count() == 2
     assert "region_growing" in page.locator("#model option").all_inner_texts()
+    # The viewer starts with the click model the API uses when a prompt names none.
+    default_model = httpx.get(f"{url}/info/").json()["server"]["interactive_model"]
+    assert page.locator("#model").input_value() == default_model == "kidney_click"
+    assert "press Next." in page.locator("#empty-hint").inner_text()  # as rendered: a space before "Next"
+    assert page.evaluate("window.viewer.nv.opts.loadingText") == ""  # no "loading ..." over the empty canvas
 
     # Open the CT from the list: image, empty overlay and a session on the server.
     page.locator('#images li[data-image="sample_ct"]').click()
