@@ -70,6 +70,7 @@ def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subproces
     )
 
 
+@pytest.mark.slow
 def test_users_commands_find_the_servers_folder_from_its_studies(tmp_path: Path, user_home: dict[str, str]) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

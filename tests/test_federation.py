@@ -79,6 +79,7 @@ def test_a_site_update_holds_weights_dice_and_a_count_only(shipped_state: dict[s
             check_weights_only(bad, reference)
 
 
+@pytest.mark.slow
 def test_the_audit_filter_records_shapes_and_refuses_strings() -> None:
     pytest.importorskip("nvflare")
     from annotation_server.federated.audit import summarize
@@ -222,6 +223,7 @@ def _job_result(root: Path, state: dict[str, torch.Tensor], layout: str = "simul
     return root
 
 
+@pytest.mark.slow
 def test_import_registers_a_federated_version_that_passes_the_gate(
     app: Any, site: SimulatedSite, tmp_path: Path, shipped_state: dict[str, torch.Tensor]
 ) -> None:
@@ -246,6 +248,7 @@ def test_import_registers_a_federated_version_that_passes_the_gate(
     assert [v["image"] for v in provenance["validation_labels"]] == [i.image_id for i in val_items]
 
 
+@pytest.mark.slow
 def test_import_keeps_a_worse_global_model_as_a_candidate(
     app: Any, site: SimulatedSite, tmp_path: Path, shipped_state: dict[str, torch.Tensor]
 ) -> None:

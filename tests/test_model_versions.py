@@ -158,6 +158,7 @@ def registry_with_candidate(tmp_path: Path) -> tuple[Path, Path]:
     return data_dir, studies
 
 
+@pytest.mark.slow
 def test_hot_swap_under_concurrent_requests_then_cli_rollback(live_server, registry_with_candidate) -> None:  # type: ignore[no-untyped-def]
     data_dir, studies = registry_with_candidate
     server = live_server("--app", "kidney", "--studies", str(studies), env={"ANNOTATE_MODEL_SYNC_INTERVAL_S": "0.3"})
@@ -219,6 +220,7 @@ def test_hot_swap_under_concurrent_requests_then_cli_rollback(live_server, regis
     assert result.json()["model_version"] == "1"
 
 
+@pytest.mark.slow
 def test_cli_lists_versions_as_json(registry_with_candidate) -> None:  # type: ignore[no-untyped-def]
     data_dir, _ = registry_with_candidate
     out = subprocess.run(
@@ -259,6 +261,7 @@ def test_cli_lists_versions_as_json(registry_with_candidate) -> None:  # type: i
     assert bad.returncode == 2 and "no version 5" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_version_that_cannot_load_is_never_served(registry_with_candidate, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Promoting a damaged version is refused (API) or reported (CLI), and the serving version keeps serving."""
     from fastapi.testclient import TestClient

@@ -54,6 +54,7 @@ def wait_step(client: TestClient, timeout_s: float = 120) -> dict:
     raise TimeoutError("no progress from the training process")
 
 
+@pytest.mark.slow
 def test_train_job_makes_a_version_with_provenance_and_streams_progress(kidney_client: TestClient) -> None:
     client = kidney_client
     assert client.get("/train/").status_code == 404  # Slicer reads 404 as "no job"
@@ -99,6 +100,7 @@ def test_train_job_makes_a_version_with_provenance_and_streams_progress(kidney_c
     assert end["status"] == "DONE"
 
 
+@pytest.mark.slow
 def test_stop_and_kill_leave_no_version_and_the_server_serving(kidney_client: TestClient) -> None:
     client = kidney_client
     slow = {**FAST, "steps": 500}
@@ -119,6 +121,7 @@ def test_stop_and_kill_leave_no_version_and_the_server_serving(kidney_client: Te
     assert len(client.get("/train/", params={"all": True}).json()) == 2
 
 
+@pytest.mark.slow
 def test_bad_training_requests_are_4xx_with_reasons(kidney_client: TestClient) -> None:
     client = kidney_client
     unknown = client.post("/train/kidney_click_typo", json={})
@@ -134,6 +137,7 @@ def test_bad_training_requests_are_4xx_with_reasons(kidney_client: TestClient) -
     assert too_few.status_code == 422 and "at least 2 images" in too_few.json()["detail"]
 
 
+@pytest.mark.slow
 def test_click_model_fine_tunes_on_simulated_interactions_with_corrected_labels(tmp_path: Path) -> None:
     """The click model learns from clicks simulated on the site's labels; the gate decides with real numbers."""
     from annotation_models import bundle_path

@@ -214,6 +214,7 @@ def open_sample_ct(page, url: str) -> str:  # type: ignore[no-untyped-def]
     return page.evaluate("window.viewer.state.session.session_id")
 
 
+@pytest.mark.slow
 def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
     url = server.url
     redirect = httpx.get(f"{url}/viewer", follow_redirects=False)
@@ -339,6 +340,7 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     assert [e for e in page.errors if e != f"HTTP 404 {url}/auth/"] == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_box_and_lasso_tools_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
     """Box (Box button) and lasso (L key, then shift for erasing) drawn on slices become box and lasso prompts in
     stored voxel indices; their deltas land in the overlay exactly as in the server's mask, on that slice only."""
