@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
     if left_out:
         terminalreporter.write_line(
-            f"{left_out} slow tests (servers, browser, PACS, training) were not run: "
+            f"{left_out} slow test(s) (servers, browser, PACS, training) not run: "
             "`python -m pytest -q --full` runs everything, as CI does"
         )
 

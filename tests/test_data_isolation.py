@@ -125,3 +125,21 @@ def test_two_servers_with_different_studies_do_not_share_a_registry(tmp_path: Pa
     data_lines = [_banner_lines(output, "data") for output in outputs]
     assert all(len(lines) == 1 for lines in data_lines), outputs  # the banner is printed once
     assert [lines[0].split(" (")[0] for lines in data_lines] == [str(deployment_data_dir(f)) for f in folders]
+
+
+def test_data_of_the_old_shared_folder_is_pointed_at_not_moved(
+    tmp_path: Path, user_home: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from annotation_server.cli import _note_shared_data_folder
+    from annotation_server.settings import default_data_dir
+
+    settings = Settings(studies=tmp_path)
+    _note_shared_data_folder(settings, given=False)
+    assert capsys.readouterr().err == ""  # nothing from an earlier version: nothing to say
+    (default_data_dir() / "registry" / "kidney").mkdir(parents=True)
+    _note_shared_data_folder(settings, given=False)
+    note = " ".join(capsys.readouterr().err.split())
+    assert f"Pass --data-dir {default_data_dir()}" in note and str(settings.data_dir) in note
+    _note_shared_data_folder(Settings(studies=tmp_path, data_dir=tmp_path / "d"), given=True)
+    assert capsys.readouterr().err == ""  # an explicit --data-dir is the admin's choice
+    assert (default_data_dir() / "registry" / "kidney").is_dir()  # never moved
