@@ -137,8 +137,12 @@ class InteractiveSession:
         return copy.deepcopy(self.current)
 
     # ------------------------------------------------------------------------------------------ changes
-    def set_object_mask(self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str) -> Change:
-        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given)."""
+    def set_object_mask(
+        self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given).
+
+        Voxels whose value underneath the object is a `locked` label value are never claimed by it."""
         new_box = mask_box(mask, search)
         box = union_box(obj.box, new_box)
         before_obj = self.current
@@ -147,15 +151,22 @@ class InteractiveSession:
             return self._record(None, None, None, before_obj, obj, kind)
         base = _embed(obj.base, obj.box, box, np.uint8, fill=self.mask[box].copy())
         new_mask = mask[box].astype(bool)
+        if locked:
+            new_mask &= ~np.isin(base, list(locked))
         after = np.where(new_mask, np.uint8(obj.value), base)
         before = self.mask[box].copy()
         self.mask[box] = after
         obj.box, obj.mask, obj.base = box, new_mask, base
         return self._record(box, before, after, before_obj, obj, kind)
 
-    def paint(self, region: np.ndarray, box: Box, value: int, kind: str) -> Change:
-        """Write `value` where `region` (a bool patch at `box`) is set; ends the current object."""
+    def paint(
+        self, region: np.ndarray, box: Box, value: int, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Write `value` where `region` (a bool patch at `box`) is set, except on `locked` label values; ends the
+        current object."""
         before = self.mask[box].copy()
+        if locked:
+            region = region & ~np.isin(before, list(locked))
         after = np.where(region, np.uint8(value), before)
         self.mask[box] = after
         return self._record(box, before, after, self.current, None, kind)
