@@ -193,12 +193,17 @@ class AnnotationServerClient:
                 data={"params": json.dumps(self._with_client(info))},
             )
 
-    def download_label(self, image: str, tag: str, target: Path, version: int | None = None) -> Path:
-        params: dict[str, Any] = {"image": image, "tag": tag}
+    def download_label(self, image: str, tag: str, folder: Path, version: int | None = None) -> Path:
+        """The label file into `folder`, under the server's file name (its extension says its format)."""
+        params: dict[str, Any] = {"label": image, "tag": tag}
         if version is not None:
             params["version"] = version
-        Path(target).write_bytes(self.request("GET", "/datastore/label", params=params).content)
-        return Path(target)
+        response = self.request("GET", "/datastore/label", params=params)
+        disposition = response.headers.get("Content-Disposition", "")
+        name = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else f"{image}.nii.gz"
+        target = Path(folder) / Path(name).name
+        target.write_bytes(response.content)
+        return target
 
     def infer(self, model: str, image: str, target: Path, params: dict[str, Any] | None = None) -> Path:
         """Auto-segment a datastore image; the label file (on the image's grid) is written to `target`."""
