@@ -86,7 +86,7 @@ def test_session_book_follows_answers_and_the_effort_clock_skips_idle_time() -> 
             {"session_id": "s", "version": 1, "can_undo": undo, "can_redo": False, "label": "kidney"}, "point"
         )
     assert book.can_undo is False and book.effort.interactions == 3 and book.effort.seconds == 70
-    assert book.save_info()["effort_seconds"] == 70
+    assert book.save_info()["seconds"] == 70
     with pytest.raises(ValueError, match="unknown label 'liver'"):
         book.lock("liver")
 

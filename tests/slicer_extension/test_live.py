@@ -107,10 +107,11 @@ def test_every_prompt_undo_redo_and_reset_keeps_the_client_mask_equal_to_the_ser
     assert saved["image"] == "sample_ct" and saved["tag"] == "final"
     entries = client.queue()["entries"]
     (entry,) = [e for e in entries if e["image_id"] == "sample_ct"]
-    assert entry["annotator"] == "dora"
+    assert entry["annotator"] == "dora" and entry["seconds"] == user.book.effort.record()["seconds"]
+    assert entry["interactions"] == 7  # the server counts its 6 prompts and the reset, not undo/redo
     history = client.json("GET", "/datastore/label/versions", params={"image": "sample_ct", "tag": "final"})
     info_saved = history["versions"][-1]["info"]
-    assert info_saved["effort_interactions"] == user.book.effort.interactions == 12
+    assert info_saved["client_interactions"] == user.book.effort.interactions == 12
     assert info_saved["client"] == "slicer-annotationserver"
 
     # Start from the saved label: the new session's mask is the saved one.

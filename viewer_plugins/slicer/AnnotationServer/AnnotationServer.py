@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -597,8 +598,7 @@ class AnnotationServerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for event in client.training_events(job.get("id")):
                 events.append(event)
 
-        self.pending.append((self.executor.submit(read), None))
-        self.executor_events = events
+        threading.Thread(target=read, daemon=True).start()  # not the request worker: prompts keep flowing
         qt.QTimer.singleShot(200, self.showTraining)
 
     def showTraining(self) -> None:
@@ -607,10 +607,18 @@ class AnnotationServerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(500, self.showTraining)
             return
         name, data = events[-1]
-        progress = data.get("progress") or data.get("epoch_fraction")
-        if isinstance(progress, int | float):
-            self.ui.trainingProgressBar.value = int(100 * progress)
-        self.ui.trainingLabel.text = f"{name}: {data}"[:300]
+        if name == "progress" and data.get("total_steps"):
+            self.ui.trainingProgressBar.value = int(100 * data["step"] / data["total_steps"])
+            dice = data.get("val_dice")
+            self.ui.trainingLabel.text = (
+                f"epoch {data.get('epoch')}/{data.get('total_epochs')}, loss {data.get('loss')}, "
+                f"validation Dice {dice if dice is not None else '-'}, about {data.get('eta_s', 0):.0f} s left"
+            )
+        elif name == "end":
+            self.ui.trainingProgressBar.value = (
+                100 if data.get("status") == "DONE" else self.ui.trainingProgressBar.value
+            )
+            self.ui.trainingLabel.text = f"training {data.get('status', 'ended')}: {data.get('result') or ''}"[:300]
         if name != "end":
             qt.QTimer.singleShot(500, self.showTraining)
 

@@ -29,7 +29,9 @@ class EffortClock:
         self.interactions += 1
 
     def record(self) -> dict[str, Any]:
-        return {"effort_seconds": round(self.seconds, 1), "effort_interactions": self.interactions}
+        """`seconds` is the key the server's effort measures read (it beats the session's wall time);
+        the server counts interactions itself, so the client's count (undo/redo included) goes under its own key."""
+        return {"seconds": round(self.seconds, 1), "client_interactions": self.interactions}
 
 
 @dataclass
