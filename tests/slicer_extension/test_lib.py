@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import slicer_support  # noqa: F401  first: puts the module folder on sys.path, as Slicer does
+
+# isort: split
+
 import http.server
 import json
 import threading

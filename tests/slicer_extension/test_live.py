@@ -7,6 +7,10 @@ After every prompt, undo, redo and reset, the mask rebuilt from the deltas equal
 
 from __future__ import annotations
 
+import slicer_support  # noqa: F401  first: puts the module folder on sys.path, as Slicer does
+
+# isort: split
+
 import gzip
 from pathlib import Path
 
@@ -15,12 +19,12 @@ import numpy as np
 import pytest
 from AnnotationServerLib import AnnotationServerClient, ServerError, SessionBook, apply_delta
 from AnnotationServerLib.prompts import box_prompt, lasso_prompt, point_prompt, scribble_prompt
+from slicer_support import KIDNEYS
 
 from annotation_models import bundle_path
 from annotation_server.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
-SEG_TRUTH = "totalsegmentator/example_seg.nii.gz"  # TotalSegmentator's labels for the sample CT (2, 3 = kidneys)
 
 
 def server_mask(client: AnnotationServerClient, session_id: str) -> np.ndarray:
@@ -48,7 +52,7 @@ class Annotator:
 
 
 def test_every_prompt_undo_redo_and_reset_keeps_the_client_mask_equal_to_the_servers(
-    live_server, studies: Path, shared_data: Path
+    live_server, studies: Path
 ) -> None:  # type: ignore[no-untyped-def]
     server = live_server("--app", "kidney", "--studies", str(studies))
     client = AnnotationServerClient(server.url, client_id="dora")
@@ -60,7 +64,7 @@ def test_every_prompt_undo_redo_and_reset_keeps_the_client_mask_equal_to_the_ser
     first, second = client.next_sample("random"), AnnotationServerClient(server.url, "emil").next_sample("random")
     assert first["id"] != second["id"]  # reservations: two annotators never get the same case
 
-    truth = np.asarray(nib.load(shared_data / SEG_TRUTH).dataobj)
+    truth = np.asarray(nib.load(KIDNEYS).dataobj)
     kidney = np.argwhere(truth == 2)
     centre = tuple(int(v) for v in kidney[np.argmin(((kidney - kidney.mean(0)) ** 2).sum(1))])
     i, j, k = centre

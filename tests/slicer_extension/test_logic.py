@@ -9,19 +9,29 @@ would run it.
 
 from __future__ import annotations
 
+import slicer_support  # noqa: F401  first: puts the module folder on sys.path, as Slicer does
+
+# isort: split
+
 import gzip
 import importlib
 import sys
 import types
 import unittest
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import Mrml
+from slicer_support import CT, KIDNEYS, Mrml, headless_scene
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def mrml() -> Iterator[Mrml]:
+    yield from headless_scene()
 
 
 def _headless_module(mrml: Mrml, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
@@ -80,7 +90,7 @@ def _headless_module(mrml: Mrml, monkeypatch: pytest.MonkeyPatch) -> types.Modul
 
 
 def test_logic_workflow_and_the_in_slicer_test_against_a_live_server(
-    live_server, mrml: Mrml, monkeypatch: pytest.MonkeyPatch, studies: Path, shared_data: Path, tmp_path: Path
+    live_server, mrml: Mrml, monkeypatch: pytest.MonkeyPatch, studies: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     module = _headless_module(mrml, monkeypatch)
     server = live_server("--app", "kidney", "--studies", str(studies))
@@ -101,7 +111,7 @@ def test_logic_workflow_and_the_in_slicer_test_against_a_live_server(
     state = logic.open_session("region_growing", "kidney", from_saved=False)
     logic.session_opened(state)
 
-    truth_image = nib.load(shared_data / "totalsegmentator/example_seg.nii.gz")
+    truth_image = nib.load(KIDNEYS)
     truth = np.asarray(truth_image.dataobj)
     centre_ras = (truth_image.affine @ np.r_[np.argwhere(truth == 3).mean(0), 1.0])[:3]  # the left kidney
     written = logic.apply_answer(logic.send_prompt(logic.point(centre_ras, True, "kidney")), "point")
@@ -119,7 +129,7 @@ def test_logic_workflow_and_the_in_slicer_test_against_a_live_server(
     assert saved["version"] == 1
 
     # A volume the server lacks is uploaded before it is segmented; the result lands in the segments.
-    lonely = mrml.volume(shared_data / "totalsegmentator/example_ct_sm.nii.gz", "fresh scan")
+    lonely = mrml.volume(CT, "fresh scan")
     logic.book = None
     logic.set_volume(lonely)
     result = logic.auto_segment("kidney_seg")

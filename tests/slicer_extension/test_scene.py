@@ -5,7 +5,12 @@ Labels are compared where they land in the patient (world RAS), not grid against
 
 from __future__ import annotations
 
+import slicer_support  # noqa: F401  first: puts the module folder on sys.path, as Slicer does
+
+# isort: split
+
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -16,11 +21,14 @@ from AnnotationServerLib import AnnotationServerClient, SessionBook, decode_delt
 from AnnotationServerLib.delta import Delta
 from AnnotationServerLib.prompts import box_prompt, lasso_prompt, point_prompt, ras_to_ijk
 from AnnotationServerScene import apply_delta, labelmap_array, load_labelmap, volume_geometry, write_seg_nrrd
-from conftest import Mrml
+from slicer_support import CT, KIDNEYS, Mrml, headless_scene
 
-CT = "totalsegmentator/example_ct_sm.nii.gz"
-SEG = "totalsegmentator/example_seg.nii.gz"
 LABELS = {"kidney": 1, "tumor": 2, "cyst": 3}
+
+
+@pytest.fixture
+def mrml() -> Iterator[Mrml]:
+    yield from headless_scene()
 
 
 def write_lps_copy(source: Path, target: Path) -> Path:
@@ -56,8 +64,8 @@ def grid_points(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray,
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
-def test_volume_node_has_the_niftis_geometry(mrml: Mrml, shared_data: Path, tmp_path: Path, orientation: str) -> None:
-    path = shared_data / CT if orientation == "RAS" else write_lps_copy(shared_data / CT, tmp_path / "lps.nii.gz")
+def test_volume_node_has_the_niftis_geometry(mrml: Mrml, tmp_path: Path, orientation: str) -> None:
+    path = CT if orientation == "RAS" else write_lps_copy(CT, tmp_path / "lps.nii.gz")
     nifti = nib.load(path)
     node = mrml.volume(path)
     shape, ijk_to_ras = volume_geometry(node)
@@ -66,7 +74,7 @@ def test_volume_node_has_the_niftis_geometry(mrml: Mrml, shared_data: Path, tmp_
     array_ijk = mrml.slicer.util.arrayFromVolume(node).transpose(2, 1, 0)
     assert np.array_equal(array_ijk, np.asarray(nifti.dataobj))
     # Same patient: the LPS copy's voxel at any world point holds what the original holds there.
-    original = nib.load(shared_data / CT)
+    original = nib.load(CT)
     ijk, world = grid_points(shape, ijk_to_ras)
     there = world_lookup(np.asarray(original.dataobj), original.affine, world)
     assert np.array_equal(array_ijk[tuple(ijk.T)], there)
@@ -79,8 +87,8 @@ def test_volume_node_has_the_niftis_geometry(mrml: Mrml, shared_data: Path, tmp_
     assert ras_to_ijk(ijk_to_ras, position, shape) == voxel
 
 
-def test_delta_writes_only_its_box_and_never_a_locked_segment(mrml: Mrml, shared_data: Path) -> None:
-    volume = mrml.volume(shared_data / CT)
+def test_delta_writes_only_its_box_and_never_a_locked_segment(mrml: Mrml) -> None:
+    volume = mrml.volume(CT)
     segmentation = mrml.segmentation(volume)
     shape, _ = volume_geometry(volume)
     start = np.zeros(shape, np.uint8)
@@ -115,18 +123,18 @@ def test_delta_writes_only_its_box_and_never_a_locked_segment(mrml: Mrml, shared
 
 @pytest.mark.slow
 def test_session_deltas_in_a_segmentation_equal_the_servers_mask_and_seg_nrrd_lands_in_place(
-    live_server, mrml: Mrml, shared_data: Path, tmp_path: Path
+    live_server, mrml: Mrml, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     studies = tmp_path / "studies"
     studies.mkdir()
-    write_lps_copy(shared_data / CT, studies / "ct_lps.nii.gz")
+    write_lps_copy(CT, studies / "ct_lps.nii.gz")
     server = live_server("--app", "kidney", "--studies", str(studies))
     client = AnnotationServerClient(server.url, client_id="slicer-test")
     volume = mrml.volume(studies / "ct_lps.nii.gz")  # as Slicer loads the study the server has
     segmentation = mrml.segmentation(volume)
     shape, ijk_to_ras = volume_geometry(volume)
 
-    truth_image = nib.load(shared_data / SEG)
+    truth_image = nib.load(KIDNEYS)
     truth = np.asarray(truth_image.dataobj)
     kidney_world = truth_image.affine @ np.r_[np.argwhere(truth == 2).mean(0), 1.0]
     centre = ras_to_ijk(ijk_to_ras, kidney_world[:3], shape)  # the click where the right kidney is

@@ -3,6 +3,10 @@ imports only what Slicer bundles, the module has Slicer's four classes, and the 
 
 from __future__ import annotations
 
+import slicer_support  # noqa: F401  first: puts the module folder on sys.path, as Slicer does
+
+# isort: split
+
 import ast
 import re
 import sys
@@ -10,7 +14,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-from conftest import EXTENSION, MODULE_DIR
+from slicer_support import EXTENSION, MODULE_DIR
 from typer.testing import CliRunner
 
 from annotation_server.cli import cli

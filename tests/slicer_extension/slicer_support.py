@@ -1,5 +1,7 @@
 """Shared pieces of the Slicer extension's tests: the module folder on sys.path, and Slicer's own classes
-(PyPI's `slicer-core`) set up headless, or a skip that says how to install them."""
+(PyPI's `slicer-core`) set up headless, or a skip that says how to install them.
+
+Not a conftest.py: a second `conftest` module would shadow tests/conftest.py for `from conftest import ...`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "viewer_plugins" / "slicer"
 MODULE_DIR = EXTENSION / "AnnotationServer"
+CT = REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz"  # the embedded real CT (RAS)
+KIDNEYS = Path(__file__).parent / "data" / "example_kidneys.nii.gz"  # its TotalSegmentator kidneys: 2 right, 3 left
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # what Slicer does for a folder in "Additional module paths"
 
@@ -66,8 +70,8 @@ class Mrml:
         return node
 
 
-@pytest.fixture
-def mrml() -> Iterator[Mrml]:
+def headless_scene() -> Iterator[Mrml]:
+    """For a test module's `mrml` fixture: a fresh scene, cleared afterwards."""
     scene = Mrml()
     yield scene
     scene.scene.Clear(1)
