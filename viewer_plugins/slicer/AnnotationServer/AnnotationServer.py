@@ -482,8 +482,8 @@ class AnnotationServerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(node, event, self.onPromptPlaced)
         if mode == "box":
             self.addObserver(node, node.PointEndInteractionEvent, self.onPromptPlaced)
-        slicer.modules.markups.logic().StartPlaceMode(mode.startswith("point"))
         slicer.modules.markups.logic().SetActiveList(node)
+        slicer.modules.markups.logic().StartPlaceMode(True)  # persistent: the tool stays on, click after click
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.Place)
 
@@ -506,7 +506,11 @@ class AnnotationServerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         label = self.ui.labelComboBox.currentText or None
         erase = bool(self.ui.eraseCheckBox.checked)
         n = node.GetNumberOfControlPoints()
-        positions = [node.GetNthControlPointPositionWorld(i) for i in range(n)]
+        positions = []
+        for index in range(n):
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            positions.append(position)
         try:
             if self.mode in ("point+", "point-"):
                 prompt = self.logic.point(positions[-1], self.mode == "point+", label)
