@@ -43,3 +43,19 @@ def test_locking_the_label_being_drawn_or_an_unknown_one_is_a_clear_422(client) 
     unknown = viewer.send("prompt", body, status=422)
     assert "unknown label 'liver'" in unknown["detail"]
     assert viewer.mask.max() == 0
+
+
+def test_reset_keeps_locked_labels_and_undo_brings_the_rest_back(client) -> None:  # type: ignore[no-untyped-def]
+    viewer = Client(client)
+    _lasso(viewer, "tumor", 5, (4, 4, 6, 6))
+    viewer.point((10, 10, 5), prompt={"label": "kidney"})
+    before = viewer.mask.copy()
+    viewer.send("reset", {"locked_labels": ["tumor"]})
+    assert np.array_equal(viewer.mask, np.where(before == 2, 2, 0)) and (before == 1).any()
+    assert np.array_equal(viewer.mask, viewer.server_mask())
+    viewer.send("undo")
+    assert np.array_equal(viewer.mask, before)
+    viewer.send("reset")  # no body: everything goes, as before
+    assert viewer.mask.max() == 0
+    refused = viewer.send("reset", {"locked_labels": ["liver"]}, status=422)
+    assert "unknown label 'liver'" in refused["detail"]

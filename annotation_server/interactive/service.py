@@ -152,16 +152,22 @@ class InteractiveService:
     async def redo(self, session_id: str) -> dict[str, Any]:
         return await self._history(session_id, "redo")
 
-    async def reset(self, session_id: str) -> dict[str, Any]:
-        return await self._history(session_id, "reset")
+    async def reset(self, session_id: str, locked_labels: list[str] | None = None) -> dict[str, Any]:
+        """Clear the mask; `locked_labels` keep their voxels."""
+        for name in locked_labels or []:
+            self._label(name)
+        locked = frozenset(self.labels[name] for name in locked_labels or [])
+        return await self._history(session_id, "reset", locked)
 
-    async def _history(self, session_id: str, action: str) -> dict[str, Any]:
+    async def _history(self, session_id: str, action: str, locked: frozenset[int] = frozenset()) -> dict[str, Any]:
         session = self.manager.get(session_id)
         started = time.perf_counter()
 
         def work() -> Change | None:
             with session.lock:
-                return {"undo": session.undo, "redo": session.redo, "reset": session.reset}[action]()
+                if action == "reset":
+                    return session.reset(locked)
+                return {"undo": session.undo, "redo": session.redo}[action]()
 
         change = await asyncio.to_thread(work)  # no model: never queued behind inference
         return self._answer(session, change, time.perf_counter() - started, None)

@@ -171,13 +171,16 @@ class InteractiveSession:
         self.mask[box] = after
         return self._record(box, before, after, self.current, None, kind)
 
-    def reset(self) -> Change:
-        box = mask_box(self.mask)
+    def reset(self, locked: frozenset[int] = frozenset()) -> Change:
+        """Clear the mask, except the voxels of `locked` label values."""
+        clearable = self.mask if not locked else np.where(np.isin(self.mask, list(locked)), 0, self.mask)
+        box = mask_box(clearable)
         if box is None:
             return self._record(None, None, None, self.current, None, "reset")
         before = self.mask[box].copy()
-        self.mask[box] = 0
-        return self._record(box, before, np.zeros_like(before), self.current, None, "reset")
+        after = np.where(np.isin(before, list(locked)), before, 0).astype(np.uint8) if locked else np.zeros_like(before)
+        self.mask[box] = after
+        return self._record(box, before, after, self.current, None, "reset")
 
     def _record(
         self,

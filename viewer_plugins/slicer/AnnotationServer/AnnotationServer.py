@@ -214,14 +214,20 @@ class AnnotationServerLogic(ScriptedLoadableModuleLogic):
     def send_history(self, action: str) -> dict:
         """Worker thread: undo, redo or reset."""
         client, book = self.require_client(), self.require_book()
-        return {"undo": client.undo, "redo": client.redo, "reset": client.reset}[action](book.session_id)
+        if action == "reset":
+            return client.reset(book.session_id, book.locked)  # locked segments survive a reset, on the server too
+        return {"undo": client.undo, "redo": client.redo}[action](book.session_id)
 
     def apply_answer(self, answer: dict, kind: str) -> list[str]:
-        """GUI thread: write the answer's changed box into the segments (locked ones untouched)."""
+        """GUI thread: write the answer's changed box into the segments.
+
+        Locked segments are untouched by prompts and resets (the server keeps them too). Undo and redo replay
+        the server's history exactly, locked or not, so Slicer and the server never disagree."""
         book = self.require_book()
         book.answered(answer, kind)
         delta = decode_delta(answer.get("delta"))
-        return apply_delta(self.segmentation_node, self.volume_node, delta, book.labels, book.locked)
+        locked = () if kind in ("undo", "redo") else book.locked
+        return apply_delta(self.segmentation_node, self.volume_node, delta, book.labels, locked)
 
     def save(self, tag: str) -> dict:
         """Worker thread: save the session as a new label version, tagged with the effort record."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,8 +240,9 @@ class AnnotationServerClient:
     def redo(self, session_id: str) -> dict[str, Any]:
         return self.json("POST", f"/interactive/sessions/{session_id}/redo")
 
-    def reset(self, session_id: str) -> dict[str, Any]:
-        return self.json("POST", f"/interactive/sessions/{session_id}/reset")
+    def reset(self, session_id: str, locked: Iterable[str] = ()) -> dict[str, Any]:
+        """Clear the session's mask; the `locked` labels keep their voxels."""
+        return self.json("POST", f"/interactive/sessions/{session_id}/reset", json={"locked_labels": sorted(locked)})
 
     def session_mask(self, session_id: str) -> bytes:
         """The server's whole label map (.nii.gz bytes on the image grid)."""
