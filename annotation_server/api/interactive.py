@@ -169,9 +169,19 @@ async def redo(session_id: str, services: Services = Depends(get_services)) -> J
     return JSONResponse(await services.interactive.redo(session_id))
 
 
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    locked_labels: list[str] = Field(default_factory=list, description="labels whose voxels the reset keeps")
+
+
 @router.post("/interactive/sessions/{session_id}/reset", response_model=DeltaAnswer, summary="Clear the mask")
-async def reset(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
-    return JSONResponse(await services.interactive.reset(session_id))
+async def reset(
+    session_id: str,
+    body: ResetRequest = Body(default_factory=ResetRequest),
+    services: Services = Depends(get_services),
+) -> JSONResponse:
+    return JSONResponse(await services.interactive.reset(session_id, body.locked_labels))
 
 
 @router.get("/interactive/sessions/{session_id}/mask", summary="The whole label map (.nii.gz on the image grid)")

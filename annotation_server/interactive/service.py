@@ -98,6 +98,16 @@ class InteractiveService:
             whole: Box = tuple(slice(0, n) for n in session.shape)  # type: ignore[assignment]
             session.first_result = (whole, session.mask.copy(), saved.source.model, saved.source.model_version)
 
+    def _locked(self, names: list[str], label: str) -> frozenset[int]:
+        """The label values a prompt must not change (`locked_labels`); the label being drawn cannot be one."""
+        for name in names:
+            self._label(name)
+        if label in names:
+            raise InvalidRequestError(
+                f"label '{label}' is locked: unlock it (drop it from 'locked_labels') to edit it, or pick another label"
+            )
+        return frozenset(self.labels[name] for name in names)
+
     def _label(self, label: str) -> str:
         if label not in self.labels:
             raise InvalidRequestError(f"unknown label '{label}'; labels: {', '.join(self.labels)}")
@@ -107,6 +117,7 @@ class InteractiveService:
     async def prompt(self, session_id: str, prompt: Prompt, new_object: bool = False) -> dict[str, Any]:
         session = self.manager.get(session_id)
         label = self._label(prompt.label or session.label)
+        locked = self._locked(prompt.locked_labels, label)
         model_name = prompt.model or session.model
         started = time.perf_counter()
 
@@ -118,12 +129,12 @@ class InteractiveService:
             with session.lock:
                 volume = self.inference.cache.get(Path(session.image_path))
                 if isinstance(prompt, LassoPrompt):
-                    return draw_lasso(session, prompt, label)
+                    return draw_lasso(session, prompt, label, locked)
                 if model_name is None:
                     raise InvalidRequestError("no click model for this session: pass 'model' in the prompt")
                 task = self.inference.task(model_name)
                 began = time.perf_counter()
-                change = refine_object(session, volume, task, prompt, label, new_object)
+                change = refine_object(session, volume, task, prompt, label, new_object, locked)
                 if session.first_result is None and change.box is not None and change.after is not None:
                     session.first_result = (change.box, change.after, task.name, task.version)  # O(1)
                 self.inference.observer(task.name, "prompt", time.perf_counter() - began)
@@ -141,16 +152,22 @@ class InteractiveService:
     async def redo(self, session_id: str) -> dict[str, Any]:
         return await self._history(session_id, "redo")
 
-    async def reset(self, session_id: str) -> dict[str, Any]:
-        return await self._history(session_id, "reset")
+    async def reset(self, session_id: str, locked_labels: list[str] | None = None) -> dict[str, Any]:
+        """Clear the mask; `locked_labels` keep their voxels."""
+        for name in locked_labels or []:
+            self._label(name)
+        locked = frozenset(self.labels[name] for name in locked_labels or [])
+        return await self._history(session_id, "reset", locked)
 
-    async def _history(self, session_id: str, action: str) -> dict[str, Any]:
+    async def _history(self, session_id: str, action: str, locked: frozenset[int] = frozenset()) -> dict[str, Any]:
         session = self.manager.get(session_id)
         started = time.perf_counter()
 
         def work() -> Change | None:
             with session.lock:
-                return {"undo": session.undo, "redo": session.redo, "reset": session.reset}[action]()
+                if action == "reset":
+                    return session.reset(locked)
+                return {"undo": session.undo, "redo": session.redo}[action]()
 
         change = await asyncio.to_thread(work)  # no model: never queued behind inference
         return self._answer(session, change, time.perf_counter() - started, None)

@@ -137,8 +137,12 @@ class InteractiveSession:
         return copy.deepcopy(self.current)
 
     # ------------------------------------------------------------------------------------------ changes
-    def set_object_mask(self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str) -> Change:
-        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given)."""
+    def set_object_mask(
+        self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given).
+
+        Voxels whose value underneath the object is a `locked` label value are never claimed by it."""
         new_box = mask_box(mask, search)
         box = union_box(obj.box, new_box)
         before_obj = self.current
@@ -147,26 +151,36 @@ class InteractiveSession:
             return self._record(None, None, None, before_obj, obj, kind)
         base = _embed(obj.base, obj.box, box, np.uint8, fill=self.mask[box].copy())
         new_mask = mask[box].astype(bool)
+        if locked:
+            new_mask &= ~np.isin(base, list(locked))
         after = np.where(new_mask, np.uint8(obj.value), base)
         before = self.mask[box].copy()
         self.mask[box] = after
         obj.box, obj.mask, obj.base = box, new_mask, base
         return self._record(box, before, after, before_obj, obj, kind)
 
-    def paint(self, region: np.ndarray, box: Box, value: int, kind: str) -> Change:
-        """Write `value` where `region` (a bool patch at `box`) is set; ends the current object."""
+    def paint(
+        self, region: np.ndarray, box: Box, value: int, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Write `value` where `region` (a bool patch at `box`) is set, except on `locked` label values; ends the
+        current object."""
         before = self.mask[box].copy()
+        if locked:
+            region = region & ~np.isin(before, list(locked))
         after = np.where(region, np.uint8(value), before)
         self.mask[box] = after
         return self._record(box, before, after, self.current, None, kind)
 
-    def reset(self) -> Change:
-        box = mask_box(self.mask)
+    def reset(self, locked: frozenset[int] = frozenset()) -> Change:
+        """Clear the mask, except the voxels of `locked` label values."""
+        clearable = self.mask if not locked else np.where(np.isin(self.mask, list(locked)), 0, self.mask)
+        box = mask_box(clearable)
         if box is None:
             return self._record(None, None, None, self.current, None, "reset")
         before = self.mask[box].copy()
-        self.mask[box] = 0
-        return self._record(box, before, np.zeros_like(before), self.current, None, "reset")
+        after = np.where(np.isin(before, list(locked)), before, 0).astype(np.uint8) if locked else np.zeros_like(before)
+        self.mask[box] = after
+        return self._record(box, before, after, self.current, None, "reset")
 
     def _record(
         self,
