@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from annotation_server import __version__
@@ -40,7 +41,14 @@ def _serve(**overrides: Any) -> None:
 
     from annotation_server.server import create_app
 
+    from annotation_server.security.exposure import InsecureBindError, check_exposure
+
     settings = settings_from(**overrides)
+    try:
+        check_exposure(settings)
+    except InsecureBindError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
@@ -75,6 +83,10 @@ def main_command(
         list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
+    insecure_no_auth: Annotated[
+        bool | None,
+        typer.Option("--insecure-no-auth", help="Allow a non-loopback --host with logins off (everyone is admin)"),
+    ] = None,
 ) -> None:
     """Start the server (when no command is given)."""
     if version:
@@ -91,6 +103,7 @@ def main_command(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             model_dirs=model_dir or None,
+            insecure_no_auth=insecure_no_auth,
         )
 
 

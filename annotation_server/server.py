@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Response
-from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
 from annotation_server.api import (
@@ -62,6 +61,7 @@ from annotation_server.metrics import Metrics, install_request_metrics
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
+from annotation_server.security.cors import install_cors
 from annotation_server.services import Services
 from annotation_server.sessions import SessionStore
 from annotation_server.settings import Settings
@@ -281,13 +281,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         lifespan=lifespan,
         redirect_slashes=False,
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_credentials=True,
-        allow_methods=["*"],
-        allow_headers=["*"],
-    )
+    install_cors(app, settings.cors_origins)
     install_error_handlers(app)
     install_request_metrics(app, metrics)
     app.state.metrics = metrics
