@@ -37,18 +37,19 @@ AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kid
 
 def _serve(**overrides: Any) -> None:
     """Start uvicorn with Settings built from the given command-line values (None = not given)."""
-    import uvicorn
-
-    from annotation_server.server import create_app
-
     from annotation_server.security.exposure import InsecureBindError, check_exposure
 
     settings = settings_from(**overrides)
     try:
-        check_exposure(settings)
+        check_exposure(settings)  # before the heavy imports: the refusal is immediate
     except InsecureBindError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
+
+    import uvicorn
+
+    from annotation_server.server import create_app
+
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
