@@ -100,7 +100,7 @@ def approve_entry(
     queue: FederatedQueue = Depends(get_queue),
     principal: Principal = Depends(current_principal),
 ) -> QueueEntry:
-    return queue.approve(entry_id, acting_user(principal, body.reviewer))
+    return queue.approve(entry_id, acting_user(principal, body.reviewer), four_eyes=principal.authenticated)
 
 
 @router.post("/fl/queue/{entry_id}/exclude", response_model=QueueEntry, summary="Keep an entry out of training")

@@ -59,7 +59,7 @@ class AuthService:
             self.users.close()
 
     def login(self, username: str, password: str, address: str = "unknown") -> IssuedToken:
-        """A token for the user; TooManyAttemptsError after repeated failures for that name or address."""
+        """A token for the user; TooManyAttemptsError while this name must wait after failures from `address`."""
         assert self.users is not None and self.signer is not None
         self.throttle.check(username, address)
         user = self.users.authenticate(username, password)
@@ -69,7 +69,7 @@ class AuthService:
                 "wrong user name or password; check both (names are case-sensitive) or ask the site admin "
                 "to reset it with `annotate-server users passwd NAME`"
             )
-        self.throttle.succeeded(username)
+        self.throttle.succeeded(username, address)
         principal = Principal(username=user.username, role=user.role)
         token = self.signer.issue(user.username, principal.roles, user.generation)
         return IssuedToken(access_token=token, expires_in=self.signer.lifetime_s, principal=principal)
@@ -91,7 +91,18 @@ class AuthService:
             raise AuthenticationError(f"user '{claims.username}' no longer exists; ask the site admin")
         if user.generation != claims.generation:
             raise AuthenticationError("the password changed since this token was issued; log in again")
+        if self.users.is_revoked(claims.token_id):
+            raise AuthenticationError("this token was logged out; log in again with POST /auth/token")
         return Principal(username=user.username, role=user.role)
+
+    def logout(self, token: str | None) -> str:
+        """Revoke the bearer token (by its id) so it is refused from now on; returns whose it was."""
+        assert self.users is not None and self.signer is not None
+        self.principal(token)  # a missing, invalid or already revoked token is a 401, not a silent success
+        assert token is not None
+        claims = self.signer.verify(token)
+        self.users.revoke(claims.token_id, claims.username, claims.expires_ts)
+        return claims.username
 
     def describe(self) -> str:
         """One line for the startup summary; warns when auth is on but nobody can log in yet."""

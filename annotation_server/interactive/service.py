@@ -51,6 +51,7 @@ class InteractiveService:
         client_id: str | None = None,
         from_label: str | None = None,
         from_version: int | None = None,
+        owner: str | None = None,
     ) -> InteractiveSession:
         """`from_label` (a tag such as `final`, or `original` for a model's pre-annotation; `from_version`, default
         the latest): start from that saved label instead of an empty mask, to correct it."""
@@ -74,6 +75,7 @@ class InteractiveService:
             label=chosen_label,
             model=chosen_model,
             client_id=client_id,
+            owner=owner,
         )
         if from_label is not None and image_id is not None:
             self._start_from_label(session, image_id, from_label, from_version)
