@@ -22,8 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from annotation_server import __version__
+from annotation_server.audit.cli import audit_app
 from annotation_server.auth.cli import users_app
-from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
+from annotation_server.cli_support import cli_actor, cli_audit, console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
@@ -31,6 +32,7 @@ models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
 cli.add_typer(users_app, name="users")
+cli.add_typer(audit_app, name="audit")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 
@@ -215,6 +217,7 @@ def models_promote(
     """Serve a version. A running server switches to it within seconds, without a restart."""
     registry = _registry(app, data_dir)
     promoted = or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
+    cli_audit(data_dir).record("model.promote", cli_actor(), None, model, version=promoted.version, reason=reason)
     typer.echo(f"{promoted.label} is now serving")
 
 
@@ -229,6 +232,7 @@ def models_rollback(
     """Serve the previous version again. A running server switches within seconds."""
     registry = _registry(app, data_dir)
     restored = or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
+    cli_audit(data_dir).record("model.rollback", cli_actor(), None, model, version=restored.version, reason=reason)
     typer.echo(f"{restored.label} is now serving")
 
 

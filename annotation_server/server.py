@@ -31,9 +31,11 @@ from annotation_server.api import (
     train,
     versions,
 )
+from annotation_server.api import audit as audit_api
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
+from annotation_server.audit.log import AuditLog
 from annotation_server.auth import routes as auth_routes
 from annotation_server.auth.dependencies import authorize
 from annotation_server.auth.service import AuthService
@@ -82,6 +84,7 @@ ROUTERS = (
     train.router,
     versions.router,
     scoring.router,
+    audit_api.router,
 )
 
 
@@ -142,6 +145,7 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
 
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
+    audit = AuditLog.for_data_dir(settings.data_dir)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
@@ -201,7 +205,8 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         device=device,
         device_names=device_names,
         failed_models=failed,
-        auth=AuthService.from_settings(settings),
+        audit=audit,
+        auth=AuthService.from_settings(settings, audit),
     )
 
 

@@ -27,6 +27,7 @@ from starlette.responses import FileResponse
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal, Role
 from annotation_server.errors import ForbiddenError
@@ -269,9 +270,13 @@ async def save(
     body: SaveRequest = Body(default_factory=SaveRequest),
     services: Services = Depends(get_services),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> Saved:
     author = acting_user(principal, body.client_id)  # with auth on, the logged-in user
     label = await run_in_threadpool(services.interactive.save, session_id, body.tag, author, body.image, body.info)
+    await audit.arecord(
+        "label.save", label.image_id, tag=label.tag, version=label.version, author=author, session=session_id
+    )
     return Saved(image=label.image_id, tag=label.tag, version=label.version)
 
 

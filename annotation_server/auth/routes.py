@@ -55,7 +55,8 @@ async def token(
 async def logout(request: Request, token: str | None = Depends(bearer)) -> dict[str, Any]:
     auth: AuthService = request.app.state.services.auth
     try:
-        username = await run_in_threadpool(auth.logout, token)
+        address = request.client.host if request.client else "unknown"
+        username = await run_in_threadpool(auth.logout, token, address)
     except AuthenticationError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     return {"username": username, "revoked": True}
