@@ -43,6 +43,7 @@ from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
 from annotation_server.errors import UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -179,6 +180,12 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         store,
         dict(app_spec.labels),
         default_click_model(tasks),
+        FairAdmission(
+            slots=settings.infer_workers,
+            capacity=settings.infer_queue_size,
+            per_user=settings.click_queue_per_user,
+            wait_s=settings.click_wait_s,
+        ),
     )
     return Services(
         settings=settings,

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     click_wait_s: float = Field(
         2.0, gt=0, le=60, description="Longest a click waits for the inference thread before 503 + Retry-After"
     )
+    click_queue_per_user: int = Field(
+        2, ge=1, description="Clicks one user may have waiting (users are served round-robin); more get 503"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

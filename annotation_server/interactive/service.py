@@ -18,6 +18,7 @@ import numpy as np
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
 from annotation_server.imaging import read_volume
+from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
@@ -34,12 +35,15 @@ class InteractiveService:
         datastore: Datastore,
         labels: dict[str, int],
         default_model: str | None,
+        admission: FairAdmission | None = None,
     ) -> None:
         self.manager = manager
         self.inference = inference
         self.datastore = datastore
         self.labels = {k: v for k, v in labels.items() if v != 0}
         self.default_model = default_model
+        # Clicks take turns per user on the inference thread, each waiting a bounded time (see admission.py).
+        self.admission = admission or FairAdmission()
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def open(
@@ -131,7 +135,8 @@ class InteractiveService:
                 self.inference.observer(task.name, "prompt", time.perf_counter() - began)
                 return change
 
-        change = await self.inference.submit(work)
+        async with self.admission.slot(session.owner or session.id):  # the login, or the session with auth off
+            change = await self.inference.submit(work)
         session.label = label
         answer = self._answer(session, change, time.perf_counter() - started, model_name)
         answer["timing"] = {"queued_s": round(queued_s, 5), "forward_s": change.forward_s}
