@@ -6,7 +6,7 @@ each user loops until the deadline, sending a click (`--click-share` of requests
 GET /datastore/?output=all, GET /interactive/sessions/{id}), pausing `--think-s` on average in between
 (uniform from half to one and a half times it; 0 = back to back). It prints JSON: per endpoint the count,
 p50/p95/p99 of the answered (2xx) requests, errors by status; clicks' 503 share; server RSS (MB: start,
-peak, end, sampled every 0.5 s from /proc).
+peak, end, sampled every 0.5 s from /proc), and how many clicks each user got answered (min/median/max).
 
     python benchmarks/load.py [--users 50] [--duration-s 45] [--think-s 1.0] [--click-share 0.5]
     python benchmarks/load.py --repo /path/to/other/checkout   # the same load against another version
@@ -51,6 +51,7 @@ class Recorder:
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = defaultdict(list)
         self.statuses: dict[str, Counter[str]] = defaultdict(Counter)
+        self.clicks_ok: Counter[int] = Counter()  # answered clicks per user: how evenly the model was shared
 
     def add(self, endpoint: str, status: str, seconds: float) -> None:
         self.statuses[endpoint][status] += 1
@@ -101,6 +102,8 @@ async def user(
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         recorder.add(endpoint, status, time.perf_counter() - started)
+        if endpoint.endswith("/prompt"):
+            recorder.clicks_ok[index] += status.startswith("2")
         if args.think_s:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * args.think_s)
 
@@ -133,6 +136,7 @@ async def run_load(url: str, pid: int, args: argparse.Namespace) -> dict[str, ob
     failed_users = [repr(r) for r in results if isinstance(r, BaseException)]
     clicks = recorder.statuses.get("POST /interactive/sessions/{id}/prompt", Counter())
     total_clicks = sum(clicks.values())
+    per_user = [recorder.clicks_ok[i] for i in range(args.users)]
     return {
         "wall_s": round(wall, 1),
         "requests": sum(sum(c.values()) for c in recorder.statuses.values()),
@@ -140,6 +144,12 @@ async def run_load(url: str, pid: int, args: argparse.Namespace) -> dict[str, ob
         "clicks_answered_per_s": round(sum(n for s, n in clicks.items() if s.startswith("2")) / wall, 2),
         "click_503_share": round(clicks.get("503", 0) / total_clicks, 4) if total_clicks else None,
         "endpoints": recorder.report(),
+        "clicks_answered_per_user": {
+            "min": min(per_user),
+            "median": float(np.median(per_user)),
+            "max": max(per_user),
+            "users_with_none": sum(1 for n in per_user if n == 0),
+        },
         "users_failed": len(failed_users),
         "user_failures": failed_users[:3],
         "server_rss_mb": {

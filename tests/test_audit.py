@@ -210,3 +210,16 @@ def test_audit_verify_as_a_real_command(tmp_path: Path) -> None:
     log.path.write_text("".join(lines[:2] + lines[3:]), encoding="utf-8")
     removed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert removed.returncode == 1 and "records 3..3 were removed" in " ".join(removed.stderr.split())
+
+
+def test_with_auth_off_actions_are_recorded_as_anonymous(client) -> None:  # type: ignore[no-untyped-def]
+    params = {"save_label": True, "client_id": "model-runner"}
+    answer = client.post("/infer/threshold?image=phantom_a&output=json", data={"params": json.dumps(params)})
+    assert answer.status_code == 200, answer.text
+    assert client.delete("/datastore/image?id=phantom_b").status_code == 200
+    records = client.get("/audit").json()["records"]  # everyone is admin with auth off, as before
+    assert [(r["action"], r["actor"], r["target"]) for r in reversed(records)] == [
+        ("label.save", "anonymous", "phantom_a"),
+        ("image.delete", "anonymous", "phantom_b"),
+    ]
+    assert records[1]["details"] == {"tag": "original", "version": 1, "author": "model-runner", "model": "threshold"}
