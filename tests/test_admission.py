@@ -121,3 +121,27 @@ def test_clicks_over_http_get_503_with_retry_after_when_the_user_has_too_many_wa
         admission.running = 0
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
     assert "the click model is busy" in busy.json()["detail"]
+
+
+def test_a_click_that_could_not_get_its_turn_in_time_is_refused_at_once() -> None:
+    async def run() -> None:
+        admission = FairAdmission(slots=1, capacity=16, per_user=4, wait_s=2.0)
+        await admission.acquire("holder")
+        admission.hold_s = 0.6  # clicks have recently held the model for 0.6 s each
+        assert admission.expected_wait_s("anna") == pytest.approx(0.6)
+        first = [asyncio.create_task(admission.acquire(u)) for u in ("anna", "bob")]
+        await asyncio.sleep(0)
+        assert admission.expected_wait_s("carol") == pytest.approx(1.8)  # behind anna and bob, then her turn
+        carol = asyncio.create_task(admission.acquire("carol"))
+        await asyncio.sleep(0)
+        with pytest.raises(BusyError, match=r"about 2\.4 s for your turn, more than 2 s") as refused:
+            await admission.acquire("dave")  # refused now, not after waiting 2 s for nothing
+        assert refused.value.retry_after_s == 2 and admission.refused == 1
+        assert admission.expected_wait_s("anna") == pytest.approx(2.4)  # anna's second click: all 3 ahead
+        for _ in range(3):
+            admission.release(0.6)
+        await asyncio.gather(*first, carol)
+        admission.release(0.6)
+        assert admission.running == 0 and admission.hold_s == pytest.approx(0.6)
+
+    asyncio.run(run())

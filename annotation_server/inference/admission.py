@@ -8,7 +8,9 @@ made the accepted ones wait seconds, and one busy annotator could fill it and st
 - waiting clicks sit in one queue per user (the login, or the session while auth is off) and are served
   round-robin, so a user who fires ten clicks gets one turn per round, like everyone else;
 - one user may have at most `per_user` clicks waiting, and all users together `capacity`: beyond that the
-  click is refused at once.
+  click is refused at once;
+- a click that would not get its turn within `wait_s` anyway (the users ahead of it in the rotation times
+  the recent time a click holds the thread) is refused at once too, instead of after waiting `wait_s`.
 
 The fast path (the thread is free and nobody waits) is a counter increment: no future, no await.
 Everything here runs on the event loop's thread, so it needs no lock. `RoundRobinQueues` holds the policy
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
@@ -41,6 +44,11 @@ class RoundRobinQueues(Generic[T]):
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def users(self) -> int:
+        """Users with at least one item waiting (a newcomer is served after one item of each)."""
+        return len(self._queues)
 
     def waiting(self, user: Hashable) -> int:
         queue = self._queues.get(user)
@@ -91,6 +99,7 @@ class FairAdmission:
         self.running = 0
         self.refused = 0
         self.timed_out = 0
+        self.hold_s = 0.0  # recent time a click holds a slot (moving average), for the expected wait
 
     @property
     def retry_after_s(self) -> int:
@@ -103,6 +112,10 @@ class FairAdmission:
         if self.running < self.slots and not self.queues:
             self.running += 1  # the fast path: nothing to wait for
             return
+        refusal = self._hopeless(user)
+        if refusal is not None:
+            self.refused += 1
+            raise self._busy(refusal)
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         refusal = self.queues.push(user, granted)
         if refusal is not None:
@@ -120,8 +133,22 @@ class FairAdmission:
                 self.release()  # it was handed a slot at the last moment: pass it on
             raise
 
-    def release(self) -> None:
-        """Hand the slot to the next waiting user in turn, or free it."""
+    def expected_wait_s(self, user: Hashable) -> float:
+        """Roughly how long a new click of `user` would wait: one turn for each user ahead in the rotation
+        (all of them when `user` has nothing waiting, as a newcomer joins the end), spread over the slots."""
+        ahead = self.queues.users if self.queues.waiting(user) == 0 else len(self.queues)
+        return (ahead + 1) * self.hold_s / self.slots
+
+    def _hopeless(self, user: Hashable) -> str | None:
+        expected = self.expected_wait_s(user)
+        if expected <= self.wait_s:
+            return None
+        return f"{len(self.queues)} clicks wait, about {expected:.1f} s for your turn, more than {self.wait_s:g} s"
+
+    def release(self, held_s: float | None = None) -> None:
+        """Hand the slot to the next waiting user in turn, or free it. `held_s`: how long it was held."""
+        if held_s is not None:
+            self.hold_s = held_s if self.hold_s == 0 else 0.8 * self.hold_s + 0.2 * held_s
         while (granted := self.queues.pop()) is not None:
             if not granted.done():
                 granted.set_result(None)  # the slot passes on directly: `running` is unchanged
@@ -131,7 +158,8 @@ class FairAdmission:
     @asynccontextmanager
     async def slot(self, user: Hashable) -> AsyncIterator[None]:
         await self.acquire(user)
+        began = time.perf_counter()
         try:
             yield
         finally:
-            self.release()
+            self.release(time.perf_counter() - began)
