@@ -6,7 +6,8 @@ each user loops until the deadline, sending a click (`--click-share` of requests
 GET /datastore/?output=all, GET /interactive/sessions/{id}), pausing `--think-s` on average in between
 (uniform from half to one and a half times it; 0 = back to back). It prints JSON: per endpoint the count,
 p50/p95/p99 of the answered (2xx) requests, errors by status; clicks' 503 share; server RSS (MB: start,
-peak, end, sampled every 0.5 s from /proc), and how many clicks each user got answered (min/median/max).
+peak, end, sampled every 0.5 s from /proc); answered clicks per user (min/median/max). `--greedy-users N`:
+the first N users click non-stop, several at once, and their answered clicks are reported apart.
 
     python benchmarks/load.py [--users 50] [--duration-s 45] [--think-s 1.0] [--click-share 0.5]
     python benchmarks/load.py --repo /path/to/other/checkout   # the same load against another version
@@ -77,10 +78,30 @@ class Recorder:
 async def user(
     client: httpx.AsyncClient, index: int, deadline: float, args: argparse.Namespace, recorder: Recorder
 ) -> None:
-    rng = random.Random(index)
     opened = await client.post("/interactive/sessions", json={"image": "example_ct_sm", "model": args.model})
     opened.raise_for_status()
     session = opened.json()["session_id"]
+    if index < args.greedy_users:  # clicks only, `greedy_concurrency` at a time, no pause: a user hogging the model
+        greedy = argparse.Namespace(**{**vars(args), "click_share": 1.0, "think_s": 0.0})
+        loops = [
+            requests(client, index, n, session, deadline, greedy, recorder) for n in range(args.greedy_concurrency)
+        ]
+        await asyncio.gather(*loops)
+    else:
+        await requests(client, index, 0, session, deadline, args, recorder)
+
+
+async def requests(
+    client: httpx.AsyncClient,
+    index: int,
+    lane: int,
+    session: str,
+    deadline: float,
+    args: argparse.Namespace,
+    recorder: Recorder,
+) -> None:
+    """One user's request loop until the deadline (a greedy user runs several at once)."""
+    rng = random.Random(index * 100 + lane)
     clicks = 0
     if args.think_s:  # users do not start in lockstep
         await asyncio.sleep(rng.uniform(0, args.think_s))
@@ -136,7 +157,8 @@ async def run_load(url: str, pid: int, args: argparse.Namespace) -> dict[str, ob
     failed_users = [repr(r) for r in results if isinstance(r, BaseException)]
     clicks = recorder.statuses.get("POST /interactive/sessions/{id}/prompt", Counter())
     total_clicks = sum(clicks.values())
-    per_user = [recorder.clicks_ok[i] for i in range(args.users)]
+    per_user = [recorder.clicks_ok[i] for i in range(args.greedy_users, args.users)]
+    greedy = [recorder.clicks_ok[i] for i in range(args.greedy_users)]
     return {
         "wall_s": round(wall, 1),
         "requests": sum(sum(c.values()) for c in recorder.statuses.values()),
@@ -150,6 +172,7 @@ async def run_load(url: str, pid: int, args: argparse.Namespace) -> dict[str, ob
             "max": max(per_user),
             "users_with_none": sum(1 for n in per_user if n == 0),
         },
+        "greedy_users_clicks_answered": greedy,
         "users_failed": len(failed_users),
         "user_failures": failed_users[:3],
         "server_rss_mb": {
@@ -167,6 +190,8 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between one user's requests")
     parser.add_argument("--click-share", type=float, default=0.5, help="share of requests that are clicks")
     parser.add_argument("--model", default="kidney_click")
+    parser.add_argument("--greedy-users", type=int, default=0, help="of the users, how many click non-stop")
+    parser.add_argument("--greedy-concurrency", type=int, default=4, help="clicks a greedy user keeps in flight")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose server to run (default: this one)")
     args = parser.parse_args()
@@ -189,6 +214,8 @@ def main() -> None:
                 "duration_s": args.duration_s,
                 "think_s": args.think_s,
                 "click_share": args.click_share,
+                "greedy_users": args.greedy_users,
+                "greedy_concurrency": args.greedy_concurrency,
                 "cpus": os.cpu_count(),
                 **result,
             },
