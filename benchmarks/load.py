@@ -7,7 +7,8 @@ GET /datastore/?output=all, GET /interactive/sessions/{id}), pausing `--think-s`
 (uniform from half to one and a half times it; 0 = back to back). It prints JSON: per endpoint the count,
 p50/p95/p99 of the answered (2xx) requests, errors by status; clicks' 503 share; server RSS (MB: start,
 peak, end, sampled every 0.5 s from /proc); answered clicks per user (min/median/max). `--greedy-users N`:
-the first N users click non-stop, several at once, and their answered clicks are reported apart.
+the first N users click non-stop, several at once, and their answered clicks are reported apart. After a
+503 a client waits the Retry-After it was given (`--ignore-retry-after`: asks again at once).
 
     python benchmarks/load.py [--users 50] [--duration-s 45] [--think-s 1.0] [--click-share 0.5]
     python benchmarks/load.py --repo /path/to/other/checkout   # the same load against another version
@@ -117,15 +118,20 @@ async def requests(
             method, path = endpoint.split(" ")
             request = client.build_request(method, path.replace("{id}", session))
         started = time.perf_counter()
+        retry_after = 0.0
         try:
             response = await client.send(request)
             status = str(response.status_code)
+            if response.status_code == 503 and not args.ignore_retry_after:
+                retry_after = float(response.headers.get("retry-after", 1))
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         recorder.add(endpoint, status, time.perf_counter() - started)
         if endpoint.endswith("/prompt"):
             recorder.clicks_ok[index] += status.startswith("2")
-        if args.think_s:
+        if retry_after:  # a well-behaved client waits as told before asking again
+            await asyncio.sleep(retry_after)
+        elif args.think_s:
             await asyncio.sleep(rng.uniform(0.5, 1.5) * args.think_s)
 
 
@@ -192,6 +198,9 @@ def main() -> None:
     parser.add_argument("--model", default="kidney_click")
     parser.add_argument("--greedy-users", type=int, default=0, help="of the users, how many click non-stop")
     parser.add_argument("--greedy-concurrency", type=int, default=4, help="clicks a greedy user keeps in flight")
+    parser.add_argument(
+        "--ignore-retry-after", action="store_true", help="ask again at once after a 503 (default: wait as told)"
+    )
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose server to run (default: this one)")
     args = parser.parse_args()
@@ -216,6 +225,7 @@ def main() -> None:
                 "click_share": args.click_share,
                 "greedy_users": args.greedy_users,
                 "greedy_concurrency": args.greedy_concurrency,
+                "honors_retry_after": not args.ignore_retry_after,
                 "cpus": os.cpu_count(),
                 **result,
             },
