@@ -45,15 +45,7 @@ def verify_log(folder: Path) -> VerifyResult:
                     False, count, f"record {seq} (line {number}) was changed: its hash does not match", number, seq
                 )
             if seq != expected_seq:
-                return VerifyResult(
-                    False,
-                    count,
-                    f"record {seq} (line {number}) follows record {expected_seq - 1}: records "
-                    f"{expected_seq}..{seq - 1} were removed" if seq > expected_seq else
-                    f"record {seq} (line {number}) is out of order (expected {expected_seq})",
-                    number,
-                    seq,
-                )  # fmt: skip
+                return VerifyResult(False, count, _sequence_problem(seq, expected_seq, number), number, seq)
             if data["prev"] != prev:
                 return VerifyResult(
                     False, count, f"record {seq} (line {number}) does not follow the record before it", number, seq
@@ -72,6 +64,13 @@ def verify_log(folder: Path) -> VerifyResult:
             head.get("seq") if isinstance(head.get("seq"), int) else None,
         )
     return VerifyResult(True, count, f"{count} records, chain intact, ends at record {expected_seq - 1}")
+
+
+def _sequence_problem(seq: object, expected: int, line: int) -> str:
+    if not isinstance(seq, int) or seq < expected:
+        return f"record {seq} (line {line}) is out of order (expected record {expected})"
+    missing = f"record {expected} was" if seq == expected + 1 else f"records {expected}..{seq - 1} were"
+    return f"record {seq} (line {line}) follows record {expected - 1}: {missing} removed"
 
 
 def _head(folder: Path) -> dict[str, object] | None:
