@@ -75,22 +75,17 @@ def test_pairs_are_forgotten_and_bounded() -> None:
 
 
 # ----------------------------------------------------------------------------------- sessions' owners
-def _open(client: TestClient, headers: dict[str, str]) -> str:
+def _open(client: TestClient, name: str, headers: dict[str, str]) -> str:
     opened = client.post("/interactive/sessions", json={"image": "phantom_a", "model": "cube"}, headers=headers)
     assert opened.status_code == 200, opened.text
-    assert opened.json()["owner"] == next(n for n in PASSWORDS if headers == _HEADERS.get(n))
+    assert opened.json()["owner"] == name
     return opened.json()["session_id"]
 
 
-_HEADERS: dict[str, dict[str, str]] = {}
-
-
 def test_sessions_belong_to_their_creator(auth_client: TestClient) -> None:  # noqa: F811
-    for name in ("anna", "rev", "root"):
-        _HEADERS[name] = _login(auth_client, name)
-    anna, rev, root = _HEADERS["anna"], _HEADERS["rev"], _HEADERS["root"]
-    mine = _open(auth_client, anna)
-    theirs = _open(auth_client, rev)
+    anna, rev, root = (_login(auth_client, name) for name in ("anna", "rev", "root"))
+    mine = _open(auth_client, "anna", anna)
+    theirs = _open(auth_client, "rev", rev)
     prompt = {"prompt": {"type": "point", "point": [8, 7, 5]}}
     assert auth_client.post(f"/interactive/sessions/{mine}/prompt", json=prompt, headers=anna).status_code == 200
 

@@ -1,7 +1,9 @@
 """Interactive sessions as a service: open, prompt, undo/redo/reset, download, save.
 
-Prompts run in the inference executor (the same bounded queue as /infer/, so a burst of clicks gets 503
-rather than piling up), on the image cached in memory; each answer carries only the changed box.
+Prompts run in the inference executor (the same bounded queue as /infer/), after taking a turn from the
+fair admission (inference/admission.py: least recently served user first, a bounded wait, then 503), so a
+burst of clicks neither piles up nor lets one user starve the others. They run on the image cached in
+memory; each answer carries only the changed box.
 Interactions on one session are serialised by its lock; sessions run in parallel.
 """
 
