@@ -175,3 +175,55 @@ def test_logout_revokes_that_token_only(auth_client: TestClient) -> None:  # noq
     assert auth_client.post("/auth/logout", headers=first).status_code == 401  # not twice
     assert auth_client.post("/auth/logout").status_code == 401  # no token
     assert auth_client.get("/info/", headers=second).status_code == 200  # the other login still works
+
+
+@pytest.mark.slow
+def test_nat_scenario_against_a_real_server(live_server, studies, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The finding, replayed over HTTP: many failures from one NAT address, and a stranger guessing the admin's
+    password, no longer lock the admin out. Addresses come from X-Forwarded-For, which the server trusts from
+    127.0.0.1 only (a proxy on the same machine, see docs/security.md); the audit trail records them."""
+    import time
+
+    import httpx
+
+    from annotation_server.auth.service import users_path
+    from annotation_server.auth.users import UserStore
+
+    store = UserStore(users_path(tmp_path / "server-data"))
+    for name in ("root", "anna", "bob", "carol", "dave", "eve"):
+        store.add(name, "admin" if name == "root" else "annotator", f"{name}-pass-123")
+    store.close()
+    server = live_server("--app", "kidney", "--studies", str(studies), env={"ANNOTATE_AUTH_ENABLED": "true"})
+
+    def login(name: str, password: str, address: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/auth/token",
+            data={"username": name, "password": password},
+            headers={"X-Forwarded-For": address},
+            timeout=30,
+        )
+
+    def fail(name: str, address: str, times: int) -> None:
+        """`times` wrong passwords, each as soon as the server lets that pair try again."""
+        for _ in range(times):
+            answer = login(name, "wrong-password", address)
+            if answer.status_code == 429:
+                time.sleep(int(answer.headers["retry-after"]))
+                answer = login(name, "wrong-password", address)
+            assert answer.status_code == 401, answer.text
+
+    nat, stranger = "192.0.2.7", "203.0.113.9"
+    for name in ("anna", "bob", "carol", "dave", "eve"):  # 20 failures behind one NAT address
+        fail(name, nat, 4)
+    fail("root", stranger, 6)  # a stranger guesses the admin's password: that pair now waits 4 s
+    refused = login("root", "root-pass-123", stranger)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    admin = login("root", "root-pass-123", nat)  # the admin, behind the busy NAT address, right password
+    assert admin.status_code == 200, admin.text
+    token = {"Authorization": f"Bearer {admin.json()['access_token']}"}
+    failures = httpx.get(f"{server.url}/audit", params={"action": "auth", "limit": 1000}, headers=token).json()
+    addresses = {(r["action"], r["address"]) for r in failures["records"]}
+    assert ("auth.login_failed", nat) in addresses and ("auth.login_failed", stranger) in addresses
+    assert ("auth.login_throttled", stranger) in addresses and ("auth.login", nat) in addresses
+    actions = [r["action"] for r in failures["records"]]
+    assert actions.count("auth.login_failed") == 26 and actions.count("auth.login") == 1
