@@ -18,11 +18,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from annotation_server import __version__
+from annotation_server.audit.cli import audit_app
 from annotation_server.auth.cli import users_app
-from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
+from annotation_server.cli_support import cli_actor, cli_audit, console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
 from annotation_server.slicer_extension import slicer_extension
 
@@ -31,6 +33,7 @@ models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
 cli.add_typer(users_app, name="users")
+cli.add_typer(audit_app, name="audit")
 cli.command("slicer-extension")(slicer_extension)
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
@@ -38,11 +41,19 @@ AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kid
 
 def _serve(**overrides: Any) -> None:
     """Start uvicorn with Settings built from the given command-line values (None = not given)."""
+    from annotation_server.security.exposure import InsecureBindError, check_exposure
+
+    settings = settings_from(**overrides)
+    try:
+        check_exposure(settings)  # before the heavy imports: the refusal is immediate
+    except InsecureBindError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
     import uvicorn
 
     from annotation_server.server import create_app
 
-    settings = settings_from(**overrides)
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
@@ -77,6 +88,10 @@ def main_command(
         list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
+    insecure_no_auth: Annotated[
+        bool | None,
+        typer.Option("--insecure-no-auth", help="Allow a non-loopback --host with logins off (everyone is admin)"),
+    ] = None,
 ) -> None:
     """Start the server (when no command is given)."""
     if version:
@@ -93,6 +108,7 @@ def main_command(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             model_dirs=model_dir or None,
+            insecure_no_auth=insecure_no_auth,
         )
 
 
@@ -203,6 +219,7 @@ def models_promote(
     """Serve a version. A running server switches to it within seconds, without a restart."""
     registry = _registry(app, data_dir)
     promoted = or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
+    cli_audit(data_dir).record("model.promote", cli_actor(), None, model, version=promoted.version, reason=reason)
     typer.echo(f"{promoted.label} is now serving")
 
 
@@ -217,6 +234,7 @@ def models_rollback(
     """Serve the previous version again. A running server switches within seconds."""
     registry = _registry(app, data_dir)
     restored = or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
+    cli_audit(data_dir).record("model.rollback", cli_actor(), None, model, version=restored.version, reason=reason)
     typer.echo(f"{restored.label} is now serving")
 
 

@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Response
-from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
 from annotation_server.api import (
@@ -32,9 +31,11 @@ from annotation_server.api import (
     train,
     versions,
 )
+from annotation_server.api import audit as audit_api
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
+from annotation_server.audit.log import AuditLog
 from annotation_server.auth import routes as auth_routes
 from annotation_server.auth.dependencies import authorize
 from annotation_server.auth.service import AuthService
@@ -42,6 +43,7 @@ from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
 from annotation_server.errors import UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -62,6 +64,7 @@ from annotation_server.metrics import Metrics, install_request_metrics
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
+from annotation_server.security.cors import install_cors
 from annotation_server.services import Services
 from annotation_server.sessions import SessionStore
 from annotation_server.settings import Settings
@@ -82,6 +85,7 @@ ROUTERS = (
     train.router,
     versions.router,
     scoring.router,
+    audit_api.router,
 )
 
 
@@ -142,6 +146,7 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
 
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
+    audit = AuditLog.for_data_dir(settings.data_dir)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
@@ -175,6 +180,12 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         store,
         dict(app_spec.labels),
         default_click_model(tasks),
+        FairAdmission(
+            slots=settings.infer_workers,
+            capacity=settings.infer_queue_size,
+            per_user=settings.click_queue_per_user,
+            wait_s=settings.click_wait_s,
+        ),
     )
     return Services(
         settings=settings,
@@ -201,7 +212,8 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         device=device,
         device_names=device_names,
         failed_models=failed,
-        auth=AuthService.from_settings(settings),
+        audit=audit,
+        auth=AuthService.from_settings(settings, audit),
     )
 
 
@@ -281,13 +293,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         lifespan=lifespan,
         redirect_slashes=False,
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_credentials=True,
-        allow_methods=["*"],
-        allow_headers=["*"],
-    )
+    install_cors(app, settings.cors_origins)
     install_error_handlers(app)
     install_request_metrics(app, metrics)
     app.state.metrics = metrics

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from annotation_server.app_spec import AppSpec
+from annotation_server.audit.log import AuditLog
 from annotation_server.auth.service import AuthService
 from annotation_server.datastore import Datastore
 from annotation_server.federated.preannotations import PreannotationStore
@@ -41,6 +42,7 @@ class Services:
     preannotations: PreannotationStore
     device: str
     device_names: list[str]
+    audit: AuditLog  # the site's audit trail (<data dir>/audit/), appended to by routers and AuthService
     failed_models: dict[str, str] = field(default_factory=dict)
     auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -34,7 +34,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     data_dir: Path = Field(default_factory=default_data_dir, description="Per-user data: samples, logs, sessions")
     log_level: str = Field("info", description="Logging level: debug, info, warning, error")
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="Allowed CORS origins")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from other sites (comma-separated, e.g. "
+        "https://ohif.example.org); default none: same-origin only. '*' allows any origin but never with credentials",
+    )
     session_expiry_s: int = Field(3600, ge=1, description="Longest a MONAI Label session lives after its last use")
     next_sample_reservation_s: int = Field(
         1800,
@@ -84,6 +88,30 @@ class Settings(BaseSettings):
         min_length=32,
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
+
+    insecure_no_auth: bool = Field(
+        False,
+        description="Allow listening on a non-loopback address with auth off (everyone who can reach it is admin)",
+    )
+    click_wait_s: float = Field(
+        2.0, gt=0, le=60, description="Longest a click waits for the inference thread before 503 + Retry-After"
+    )
+    click_queue_per_user: int = Field(
+        2, ge=1, description="Clicks one user may have waiting (users are served round-robin); more get 503"
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated_origins(cls, value: Any) -> Any:
+        """`ANNOTATE_CORS_ORIGINS=https://a,https://b` (or a JSON list) becomes a list of origins."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,7 @@ RULES: tuple[Rule, ...] = (
     # reads that expose more than one study at a time, or server internals
     Rule(READ, "/logs", Role.admin),
     Rule(READ, "/datastore/dataset", Role.admin),
+    Rule(READ, "/audit", Role.admin),
     Rule(READ, "*", Role.user),
     # review
     Rule(WRITE, "/fl/queue/*/approve", Role.reviewer),

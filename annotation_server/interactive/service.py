@@ -1,7 +1,9 @@
 """Interactive sessions as a service: open, prompt, undo/redo/reset, download, save.
 
-Prompts run in the inference executor (the same bounded queue as /infer/, so a burst of clicks gets 503
-rather than piling up), on the image cached in memory; each answer carries only the changed box.
+Prompts run in the inference executor (the same bounded queue as /infer/), after taking a turn from the
+fair admission (inference/admission.py: least recently served user first, a bounded wait, then 503), so a
+burst of clicks neither piles up nor lets one user starve the others. They run on the image cached in
+memory; each answer carries only the changed box.
 Interactions on one session are serialised by its lock; sessions run in parallel.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
 from annotation_server.imaging import read_volume
+from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
@@ -34,12 +37,15 @@ class InteractiveService:
         datastore: Datastore,
         labels: dict[str, int],
         default_model: str | None,
+        admission: FairAdmission | None = None,
     ) -> None:
         self.manager = manager
         self.inference = inference
         self.datastore = datastore
         self.labels = {k: v for k, v in labels.items() if v != 0}
         self.default_model = default_model
+        # Clicks take turns per user on the inference thread, each waiting a bounded time (see admission.py).
+        self.admission = admission or FairAdmission()
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def open(
@@ -51,6 +57,7 @@ class InteractiveService:
         client_id: str | None = None,
         from_label: str | None = None,
         from_version: int | None = None,
+        owner: str | None = None,
     ) -> InteractiveSession:
         """`from_label` (a tag such as `final`, or `original` for a model's pre-annotation; `from_version`, default
         the latest): start from that saved label instead of an empty mask, to correct it."""
@@ -74,6 +81,7 @@ class InteractiveService:
             label=chosen_label,
             model=chosen_model,
             client_id=client_id,
+            owner=owner,
         )
         if from_label is not None and image_id is not None:
             self._start_from_label(session, image_id, from_label, from_version)
@@ -140,7 +148,8 @@ class InteractiveService:
                 self.inference.observer(task.name, "prompt", time.perf_counter() - began)
                 return change
 
-        change = await self.inference.submit(work)
+        async with self.admission.slot(session.owner or session.id):  # the login, or the session with auth off
+            change = await self.inference.submit(work)
         session.label = label
         answer = self._answer(session, change, time.perf_counter() - started, model_name)
         answer["timing"] = {"queued_s": round(queued_s, 5), "forward_s": change.forward_s}

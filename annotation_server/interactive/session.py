@@ -91,6 +91,7 @@ class InteractiveSession:
     label: str
     model: str | None
     client_id: str | None = None
+    owner: str | None = None  # the logged-in user who opened it (None while auth is off: anyone may use it)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     mask: np.ndarray = field(init=False)
     current: ObjectState | None = None
@@ -234,6 +235,7 @@ class InteractiveSession:
             "can_redo": bool(self.redo_stack),
             "interactions": self.interactions,
             "client_id": self.client_id,
+            "owner": self.owner,
             "started_from": self.started_from,
             "created_ts": self.created_ts,
             "last_used_ts": self.last_used_ts,
