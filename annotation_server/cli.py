@@ -51,7 +51,7 @@ def _serve(**overrides: Any) -> None:
     )
     spec = load_app_or_exit(settings.app)
     uvicorn.run(
-        create_app(settings, spec),
+        or_exit(lambda: create_app(settings, spec)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -74,6 +74,9 @@ def main_command(
     model_dir: Annotated[
         list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
     ] = None,
+    ohif: Annotated[
+        bool | None, typer.Option("--ohif", help="Serve OHIF v3 at /ohif/ (needs monailabel installed)")
+    ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
 ) -> None:
     """Start the server (when no command is given)."""
@@ -91,6 +94,7 @@ def main_command(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             model_dirs=model_dir or None,
+            ohif=ohif,
         )
 
 

@@ -33,6 +33,7 @@ from annotation_server.api import (
     versions,
 )
 from annotation_server.api.errors import install_error_handlers
+from annotation_server.api.ohif import mount_ohif
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
 from annotation_server.auth import routes as auth_routes
@@ -302,5 +303,6 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         app.include_router(router, dependencies=[Depends(authorize)])
     if settings.auth_enabled:
         app.include_router(auth_routes.router)
+    mount_ohif(app, settings)  # /ohif/ and its DICOMweb proxy when settings.ohif is on
     mount_viewer(app)  # static files at /viewer/, after every API route
     return app

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
 
+    ohif: bool = Field(
+        False,
+        description="Serve OHIF v3 (from the installed monailabel package) at /ohif/ and proxy its DICOMweb "
+        "reads to the PACS at /proxy/dicom/qido and /proxy/dicom/wado",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _studies_url_is_dicomweb(cls, data: Any) -> Any:

@@ -58,6 +58,7 @@ _INFO_TAGS = {
     "00200011": "SeriesNumber",
     "00100020": "PatientID",
     "00080020": "StudyDate",
+    "00080030": "StudyTime",
     "00081030": "StudyDescription",
     "00201209": "NumberOfSeriesRelatedInstances",
 }
@@ -211,8 +212,21 @@ class DicomWebDatastore:
         return self.local.image_download(image_id)
 
     def image_info(self, image_id: str) -> dict[str, Any]:
+        """Index info plus the study keys OHIF's Next Sample dialog shows (and reloads the page with)."""
         self.get_image(image_id)
-        return {**self.local.image_info(image_id), "source": self.client.url}
+        info = {**self.local.image_info(image_id), "source": self.client.url}
+        if "StudyTime" not in info or "StudyInstanceUID" not in info:  # indexed before these were kept
+            try:
+                found = self.client.search_series({"SeriesInstanceUID": image_id})
+            except AnnotationServerError as exc:
+                logger.warning("study fields of %s not refreshed: %s", image_id, exc)
+                found = []
+            if found:
+                fresh = {k: v for k, v in _series_info(found[0]).items() if k not in info}
+                info.update(fresh)
+                self.local.update_image_info(image_id, fresh)
+        info.setdefault("StudyTime", "")
+        return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
         self.get_image(image_id)
