@@ -24,12 +24,14 @@ from annotation_server import __version__
 from annotation_server.auth.cli import users_app
 from annotation_server.cli_support import console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
+from annotation_server.inference.batch_cli import batch_app
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
 cli.add_typer(users_app, name="users")
+cli.add_typer(batch_app, name="batch")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from annotation_server import __version__
 from annotation_server.api import (
     activelearning,
+    batch,
     datastore,
     federated,
     health,
@@ -43,6 +44,7 @@ from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
 from annotation_server.errors import UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.inference.batch import BatchInferService
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -83,6 +85,7 @@ ROUTERS = (
     train.router,
     versions.router,
     scoring.router,
+    batch.router,
 )
 
 
@@ -203,6 +206,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         device_names=device_names,
         failed_models=failed,
         auth=AuthService.from_settings(settings),
+        batch=BatchInferService(store, inference),
     )
 
 

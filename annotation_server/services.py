@@ -13,6 +13,7 @@ from annotation_server.auth.service import AuthService
 from annotation_server.datastore import Datastore
 from annotation_server.federated.preannotations import PreannotationStore
 from annotation_server.federated.queue import FederatedQueue
+from annotation_server.inference.batch import BatchInferService
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
@@ -42,10 +43,13 @@ class Services:
     device: str
     device_names: list[str]
     failed_models: dict[str, str] = field(default_factory=dict)
+    batch: BatchInferService = None  # type: ignore[assignment]  # built in build_services
     auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
         self.scoring.close()
         self.training.close()
         self.inference.close()

@@ -103,6 +103,7 @@ class PacsClient:
             "SeriesDescription",
             "SeriesNumber",
             "Modality",
+            "BodyPartExamined",
         ]
         return self._call(
             "a series search (QIDO-RS)",
