@@ -19,6 +19,7 @@ from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.jobs import TrainingJobs
 from annotation_server.learning.scoring import ScoringService
+from annotation_server.preannotation.watcher import PacsWatcher
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels
 from annotation_server.sessions import SessionStore
@@ -44,10 +45,13 @@ class Services:
     device_names: list[str]
     failed_models: dict[str, str] = field(default_factory=dict)
     batch: BatchInferService = None  # type: ignore[assignment]  # built in build_services
+    watcher: PacsWatcher | None = None  # the PACS watcher (ANNOTATE_WATCH_PACS on a DICOMweb datastore)
     auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
         if self.batch is not None:
             self.batch.close()
         self.scoring.close()

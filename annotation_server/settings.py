@@ -91,6 +91,18 @@ class Settings(BaseSettings):
         "reads to the PACS at /proxy/dicom/qido and /proxy/dicom/wado",
     )
 
+    watch_pacs: bool = Field(
+        False,
+        description="Pre-annotate series new in the PACS (DICOMweb datastore) with the app's automatic model, "
+        "written back as SEGs; series already there at the first start are left alone",
+    )
+    watch_interval_s: float = Field(30.0, gt=0, description="Seconds between polls of the PACS for new series")
+    watch_concurrency: int = Field(1, ge=1, description="Series pre-annotated at once (fetch, model, SEG)")
+    watch_max_attempts: int = Field(5, ge=1, description="Tries per series before it is reported as failed")
+    watch_retry_s: float = Field(
+        60.0, gt=0, description="Wait before the first retry of a failed series; doubled on each further failure"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _studies_url_is_dicomweb(cls, data: Any) -> Any:

@@ -78,6 +78,9 @@ def _series_info(item: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
+series_info = _series_info  # public name for the PACS watcher
+
+
 class DicomWebDatastore:
     """A PACS's image series plus local versioned labels, written back to the PACS as DICOM SEG."""
 
