@@ -45,6 +45,16 @@ def test_index_has_no_font_host_and_points_ohif_at_this_origin(ohif_client: Test
     assert ohif_client.get("/ohif", follow_redirects=False).headers["location"] == "ohif/"
 
 
+def test_stylesheets_import_no_web_fonts(ohif_client: TestClient, bundle: Path) -> None:
+    sheets = [p for p in bundle.glob("*.css") if "fonts.googleapis.com" in p.read_text(errors="ignore")]
+    assert sheets, "the bundle's stylesheets import web fonts (what the rewrite is for)"
+    for sheet in sheets:
+        served = ohif_client.get(f"/ohif/{sheet.name}")
+        assert served.status_code == 200 and served.headers["content-type"].startswith("text/css")
+        assert "fonts.googleapis.com" not in served.text and "@import" not in served.text[:200]
+        assert len(served.text) > len(sheet.read_text(errors="ignore")) - 400  # only the imports went
+
+
 def test_static_files_and_no_escape_from_the_bundle(ohif_client: TestClient, bundle: Path) -> None:
     config = ohif_client.get("/ohif/app-config.js")
     assert config.status_code == 200 and config.content == (bundle / "app-config.js").read_bytes()

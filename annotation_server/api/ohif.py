@@ -6,7 +6,8 @@ cannot be built here and is never vendored into this repository. Its config asks
 configured PACS (GET only; the PACS credentials come from the settings and never from the browser). Being
 same-origin, OHIF needs no CORS at all. Two things are changed on the fly in `index.html`:
 
-- the web-font links (fonts.googleapis.com) are dropped: offline, the page would otherwise wait on them;
+- the web-font links (fonts.googleapis.com) are dropped, and the same `@import`s from the stylesheets:
+  offline, or behind a firewall that drops packets, the page would otherwise wait on that host;
 - a one-line script points OHIF's MONAI Label client at this origin (its default is `<host>:8000`), unless
   the user already chose a server in its settings (the `MONAILABEL_SERVER_URL` cookie).
 """
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 OHIF_PATH = "/ohif"
 INSTALL_HINT = "pip install --no-deps monailabel==0.8.5"
 _FONT_LINK = re.compile(r"<link[^>]*fonts\.(?:googleapis|gstatic)\.com[^>]*>", re.IGNORECASE)
+_FONT_IMPORT = re.compile(
+    r"@import\s+url\(\s*['\"]?https?://fonts\.(?:googleapis|gstatic)\.com[^)]*\)\s*;?", re.IGNORECASE
+)
 _SAME_ORIGIN = (
     "<script>if(!/(^|;) ?MONAILABEL_SERVER_URL=[^;]/.test(document.cookie))"
     "document.cookie='MONAILABEL_SERVER_URL='+escape(location.origin+'/')+'; path=/';</script>"
@@ -87,6 +91,15 @@ def _index_html(folder: Path) -> str:
     return text.replace("<head>", "<head>" + _SAME_ORIGIN, 1)
 
 
+@lru_cache(maxsize=16)
+def _stylesheet_without_web_fonts(path: Path) -> str | None:
+    """A stylesheet's text without its web-font `@import`s, or None when it has none (served as the file)."""
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    if "fonts.googleapis.com" not in text and "fonts.gstatic.com" not in text:
+        return None
+    return _FONT_IMPORT.sub("", text)
+
+
 def _static_route(folder: Path) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     root = folder.resolve()
@@ -100,6 +113,10 @@ def _static_route(folder: Path) -> APIRouter:
         """A file of the build, else index.html (OHIF is a single-page app: /ohif/viewer?... is a route)."""
         candidate = (root / path).resolve() if path else root
         if path and candidate.is_relative_to(root) and candidate.is_file() and candidate.name != "index.html":
+            if candidate.suffix == ".css":
+                stripped = _stylesheet_without_web_fonts(candidate)
+                if stripped is not None:
+                    return Response(stripped.encode("utf-8", errors="surrogateescape"), media_type="text/css")
             media_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
             if candidate.suffix == ".wasm":
                 media_type = "application/wasm"
