@@ -5,7 +5,10 @@ Fast checks with the in-process app; the real browser against Orthanc is `tests/
 
 from __future__ import annotations
 
+import base64
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,68 @@ def test_missing_bundle_names_the_install_command(
 def test_ohif_setting_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANNOTATE_OHIF", "true")
     assert Settings().ohif is True
+
+
+class _RecordingPacs(ThreadingHTTPServer):
+    """A stand-in DICOMweb server on 127.0.0.1 that answers `[]` and remembers each request's headers."""
+
+    seen: list[tuple[str, dict[str, str]]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))  # type: ignore[attr-defined]
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Internal", "not relayed")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_pacs() -> Iterator[_RecordingPacs]:
+    server = _RecordingPacs(("127.0.0.1", 0), _Handler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow  # starts a (stand-in) PACS server
+def test_proxy_relays_reads_with_the_pacs_credentials_only(
+    recording_pacs: _RecordingPacs, tmp_path: Path, bundle: Path
+) -> None:
+    url = f"http://127.0.0.1:{recording_pacs.server_address[1]}/dicom-web"
+    settings = Settings(
+        dicomweb_url=url,
+        dicomweb_username="pacs-user",
+        dicomweb_password="pacs-secret",
+        data_dir=tmp_path / "data",
+        rescan_interval_s=0,
+        ohif=True,
+    )
+    with TestClient(create_app(settings, TEST_APP)) as client:
+        recording_pacs.seen.clear()
+        answer = client.get(
+            "/proxy/dicom/qido/studies?PatientID=P1&includefield=00081030",
+            headers={"Authorization": "Bearer browser-token", "Accept": "application/dicom+json", "Cookie": "a=b"},
+        )
+        assert answer.status_code == 200 and answer.json() == []
+        assert answer.headers["content-type"] == "application/dicom+json" and "x-internal" not in answer.headers
+        path, headers = recording_pacs.seen[-1]
+        assert path == "/dicom-web/studies?PatientID=P1&includefield=00081030"
+        expected = "Basic " + base64.b64encode(b"pacs-user:pacs-secret").decode()
+        assert headers["authorization"] == expected  # the PACS's credentials, never the browser's token
+        assert headers["accept"] == "application/dicom+json" and "cookie" not in headers
+        assert client.get("/proxy/dicom/wado/studies/1.2/series/3.4/metadata").status_code == 200
+        assert recording_pacs.seen[-1][0] == "/dicom-web/studies/1.2/series/3.4/metadata"
+        assert client.get("/proxy/dicom/wado/studies/../../etc/passwd").status_code in (404, 422)
