@@ -258,6 +258,13 @@ def startup_summary(services: Services) -> str:
         f"  logs:    {settings.log_file}",
         f"  auth:    {services.auth.describe()}",
     ]
+    if settings.ohif:
+        lines.append(f"  ohif:    {scheme}://{settings.host}:{settings.port}/ohif/ (DICOMweb via /proxy/dicom/)")
+    if services.watcher is not None:
+        watcher = services.watcher
+        lines.append(
+            f"  watcher: new PACS series -> {watcher.model} every {watcher.interval_s:g}s (GET /preannotation/)"
+        )
     return "\n".join(lines)
 
 
