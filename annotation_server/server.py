@@ -234,6 +234,7 @@ def build_watcher(
             concurrency=settings.watch_concurrency,
             max_attempts=settings.watch_max_attempts,
             retry_s=settings.watch_retry_s,
+            settle_s=settings.watch_settle_s,
         )
     except NotFoundError as exc:
         logger.error("PACS watcher off: %s", exc)

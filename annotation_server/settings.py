@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     watch_retry_s: float = Field(
         60.0, gt=0, description="Wait before the first retry of a failed series; doubled on each further failure"
     )
+    watch_settle_s: float = Field(
+        60.0,
+        ge=0,
+        description="A new series is pre-annotated once its instance count has not changed for this many seconds",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -158,6 +158,7 @@ def test_watcher_batch_proxy_next_sample_and_cors(orthanc: Orthanc, samples, liv
         "ANNOTATE_WATCH_INTERVAL_S": "0.5",
         "ANNOTATE_WATCH_RETRY_S": "0.5",
         "ANNOTATE_WATCH_MAX_ATTEMPTS": "3",
+        "ANNOTATE_WATCH_SETTLE_S": "1.5",
         "ANNOTATE_RESCAN_INTERVAL_S": "0",
         "ANNOTATE_OHIF": "true",
         "ANNOTATE_CORS_ORIGINS": '["http://reading-room.example"]',

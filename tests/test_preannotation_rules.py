@@ -24,7 +24,16 @@ def test_state_claims_each_series_once_and_survives_a_restart(tmp_path: Path) ->
     state = WatchState(path)
     assert not state.baseline_taken()
     assert state.take_baseline([("1.1", "9.1")]) == 1 and state.baseline_taken()
-    assert state.add("1.2", "9.2", "queued") and not state.add("1.2", "9.2", "queued")  # never queued twice
+    assert state.add("1.2", "9.2", "arriving", instances=1)
+    assert not state.add("1.2", "9.2", "arriving", instances=1)  # never recorded (or queued) twice
+    assert state.settle(0.5) == [] and state.claim_due(5) == []  # still arriving
+    time.sleep(0.3)
+    state.observe("1.2", 2)  # a second instance arrived: its settle time starts again
+    time.sleep(0.3)
+    assert state.settle(0.5) == []
+    time.sleep(0.3)
+    state.observe("1.2", 2)  # unchanged
+    assert state.settle(0.5) == ["1.2"] and state.get("1.2").instances == 2  # type: ignore[union-attr]
     assert not state.add("1.1", "9.1", "queued")  # the baseline stays baseline
     state.add("1.3", "9.3", "skipped", "modality MR is not one of CT")
     claimed = state.claim_due(5)

@@ -104,6 +104,7 @@ class PacsClient:
             "SeriesNumber",
             "Modality",
             "BodyPartExamined",
+            "NumberOfSeriesRelatedInstances",
         ]
         return self._call(
             "a series search (QIDO-RS)",

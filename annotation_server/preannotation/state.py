@@ -3,6 +3,8 @@
 One row per SeriesInstanceUID ever seen. Status:
 - `baseline`: already in the PACS when the watcher first ran (left alone: the watcher is for new arrivals);
 - `skipped`: new, but the app's rules exclude it (the reason is kept);
+- `arriving`: new, its instances still coming in (a series is stored instance by instance): it waits until its
+  instance count has stayed the same for the settle time, so a half-stored series is never segmented;
 - `queued` / `running`: waiting for / being pre-annotated (a `running` row found at start was interrupted by
   a crash or a stop and is queued again: its label had not been committed, or the row would say `done`);
 - `retry`: failed, tried again at `next_try_ts` (backoff doubles per attempt);
@@ -22,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-SeriesStatus = Literal["baseline", "skipped", "queued", "running", "retry", "done", "failed"]
-PENDING: tuple[SeriesStatus, ...] = ("queued", "running", "retry")
+SeriesStatus = Literal["baseline", "skipped", "arriving", "queued", "running", "retry", "done", "failed"]
+PENDING: tuple[SeriesStatus, ...] = ("arriving", "queued", "running", "retry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS series (
     error TEXT,
     label_version INTEGER,
     dicom_seg TEXT,
+    instances INTEGER NOT NULL DEFAULT -1,
+    changed_ts REAL NOT NULL DEFAULT 0,
     seen_ts REAL NOT NULL,
     done_ts REAL
 );
@@ -54,6 +58,8 @@ class SeriesState(BaseModel):
     error: str | None = None
     label_version: int | None = None
     dicom_seg: str | None = None
+    instances: int = -1
+    changed_ts: float = 0.0
     seen_ts: float
     done_ts: float | None = None
 
@@ -102,14 +108,37 @@ class WatchState:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('baseline_ts', ?)", (str(now),))
         return len(rows)
 
-    def add(self, uid: str, study_uid: str, status: SeriesStatus, reason: str | None = None) -> bool:
+    def add(
+        self, uid: str, study_uid: str, status: SeriesStatus, reason: str | None = None, instances: int = -1
+    ) -> bool:
         """A newly seen series; False when it was already known (never queued twice)."""
+        now = time.time()
         with self._tx() as conn:
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO series (uid, study_uid, status, reason, seen_ts) VALUES (?, ?, ?, ?, ?)",
-                (uid, study_uid, status, reason, time.time()),
+                "INSERT OR IGNORE INTO series (uid, study_uid, status, reason, instances, changed_ts, seen_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (uid, study_uid, status, reason, instances, now, now),
             )
             return cursor.rowcount == 1
+
+    def observe(self, uid: str, instances: int) -> None:
+        """The instance count of an `arriving` series at this poll; a change restarts its settle time."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE series SET instances = ?, changed_ts = ? WHERE uid = ? AND status = 'arriving' "
+                "AND instances != ?",
+                (instances, time.time(), uid, instances),
+            )
+
+    def settle(self, settle_s: float) -> list[str]:
+        """Queue the `arriving` series whose instance count has not changed for `settle_s`; their UIDs."""
+        cutoff = time.time() - settle_s
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT uid FROM series WHERE status = 'arriving' AND changed_ts <= ? ORDER BY seen_ts, uid", (cutoff,)
+            ).fetchall()
+            conn.execute("UPDATE series SET status = 'queued' WHERE status = 'arriving' AND changed_ts <= ?", (cutoff,))
+        return [row[0] for row in rows]
 
     def requeue_interrupted(self) -> int:
         with self._tx() as conn:

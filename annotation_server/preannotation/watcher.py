@@ -1,8 +1,10 @@
 """The PACS watcher: series new in the PACS get the app's automatic model once, written back as a SEG.
 
 Every `interval_s` it lists the PACS's series with QIDO-RS (filtered by Modality when the rules name one),
-compares them with its SQLite state and queues those it has never seen; on the very first run it records
-what is already there as the baseline instead (it is for arrivals; `POST /batch/infer` covers the archive).
+compares them with its SQLite state and records those it has never seen. A PACS receives a series instance
+by instance, so a new series is queued only once its instance count has stopped changing for `settle_s`.
+On the very first run it records what is already there as the baseline instead (it is for arrivals;
+`POST /batch/infer` covers the archive).
 A QIDO date filter would miss a new series added to an old study, and Orthanc's change feed is Orthanc's
 alone, so the watcher compares UIDs, which works with any DICOMweb PACS.
 
@@ -45,6 +47,7 @@ class PacsWatcher:
         concurrency: int = 1,
         max_attempts: int = 5,
         retry_s: float = 60.0,
+        settle_s: float = 60.0,
     ) -> None:
         self.datastore = datastore
         self.inference = inference
@@ -54,6 +57,7 @@ class PacsWatcher:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.retry_s = retry_s
+        self.settle_s = settle_s
         self.model = self._choose_model()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="preannotate")
         self._running: dict[str, Future[None]] = {}
@@ -130,17 +134,26 @@ class PacsWatcher:
         known = self.state.known()
         for info in found:
             uid = info["SeriesInstanceUID"]
+            instances = int(info.get("NumberOfSeriesRelatedInstances") or -1)
             if uid in known:
+                self.state.observe(uid, instances)
                 continue
             study = str(info.get("StudyInstanceUID", ""))
             reason = self._rejects(info)
-            if self.state.add(uid, study, "skipped" if reason else "queued", reason):
+            if self.state.add(uid, study, "skipped" if reason else "arriving", reason, instances):
                 if reason:
                     logger.info("pre-annotation: new series %s skipped: %s", uid, reason)
                 else:
                     logger.info(
-                        "pre-annotation: new series %s (%s) queued for %s", uid, info.get("Modality"), self.model
+                        "pre-annotation: new series %s (%s, %d instances so far)", uid, info.get("Modality"), instances
                     )
+        for uid in self.state.settle(self.settle_s):
+            logger.info(
+                "pre-annotation: series %s complete (no new instance for %gs), queued for %s",
+                uid,
+                self.settle_s,
+                self.model,
+            )
 
     def _rejects(self, info: dict[str, Any]) -> str | None:
         if str(info.get("Modality", "")) in NON_IMAGE_MODALITIES:
@@ -212,6 +225,7 @@ class PacsWatcher:
             "interval_s": self.interval_s,
             "concurrency": self.concurrency,
             "max_attempts": self.max_attempts,
+            "settle_s": self.settle_s,
             "last_poll_ts": self.last_poll_ts,
             "last_error": self.last_error,
             **self.state.as_dict(),
