@@ -151,8 +151,6 @@ def test_ohif_auto_segmentation_click_and_next_sample(browser_page, live_server,
 
 def _drive_ohif(page, url: str, first, second, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     requests: list[str] = []
-    answers: dict[str, bytes] = {}
-    picked: list[dict] = []
     errors: list[str] = []
     page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -164,10 +162,6 @@ def _drive_ohif(page, url: str, first, second, tmp_path: Path) -> None:  # type:
             errors.append(
                 f"HTTP {response.status} {response.url}: {response.text()[:300]} <- {response.request.post_data}"
             )
-        elif "/infer/" in response.url:
-            answers[response.url.split("/infer/")[1].split("?")[0]] = response.body()
-        elif "/activelearning/" in response.url and response.request.method == "POST":
-            picked.append(response.json())
 
     page.on("response", on_response)
     study = str(first[0].StudyInstanceUID)
@@ -186,11 +180,14 @@ def _drive_ohif(page, url: str, first, second, tmp_path: Path) -> None:  # type:
     auto = page.locator(".tab", has=page.locator("label.tab-label", has_text="Auto-Segmentation"))
     assert auto.locator("select.selectBox option").all_inner_texts() == ["kidney_seg "]
     started = time.monotonic()
-    with page.expect_console_message(lambda m: UPDATED in m.text):
+    with (
+        page.expect_response(lambda r: "/infer/kidney_seg" in r.url) as seg_response,
+        page.expect_console_message(lambda m: UPDATED in m.text),
+    ):
         auto.locator("button[title='Run Segmentation']").click()
     auto_s = time.monotonic() - started
     overlay, grid = labelmap_from_page(page)
-    answer, answer_affine = nrrd_answer(answers["kidney_seg"], tmp_path)
+    answer, answer_affine = nrrd_answer(seg_response.value.body(), tmp_path)
     assert overlay.shape == answer.shape == (122, 101, 30)
     # OHIF maps the model's values to its segments by label name (alphabetical): cyst 1, kidney 2, tumor 3.
     to_segment = np.array([0, 2, 3, 1], np.uint8)  # kidney_seg: kidney 1, tumor 2, cyst 3
@@ -239,13 +236,16 @@ def _drive_ohif(page, url: str, first, second, tmp_path: Path) -> None:  # type:
     before = overlay
     started = time.monotonic()
     try:
-        with page.expect_console_message(lambda m: UPDATED in m.text, timeout=60_000):
+        with (
+            page.expect_response(lambda r: "/infer/kidney_click" in r.url, timeout=60_000) as click_response,
+            page.expect_console_message(lambda m: UPDATED in m.text, timeout=60_000),
+        ):
             prompts.locator("button[title='Run PointPrompts']").click()
     except sync_api.TimeoutError:
         pytest.fail(f"no result drawn after the click; page errors {errors}, console {console[-15:]}")
     click_s = time.monotonic() - started
     after, _ = labelmap_from_page(page)
-    click_answer, click_affine = nrrd_answer(answers["kidney_click"], tmp_path)
+    click_answer, click_affine = nrrd_answer(click_response.value.body(), tmp_path)
     grown = on_grid(click_answer, click_affine, after.shape, grid) > 0
     assert grown[target], "the click model's answer does not hold the clicked voxel"
     assert grown.sum() > 500
@@ -258,10 +258,11 @@ def _drive_ohif(page, url: str, first, second, tmp_path: Path) -> None:  # type:
 
     # Next Sample: the dialog shows the study's fields; OK reloads OHIF on that study.
     page.locator("label.tab-label", has_text="Active Learning").click()
-    page.get_by_role("button", name="Next Sample").click()
+    with page.expect_response(lambda r: "/activelearning/" in r.url and r.request.method == "POST") as next_answer:
+        page.get_by_role("button", name="Next Sample").click()
     dialog = page.locator(".nextSampleForm")
     dialog.wait_for()
-    offered = picked[-1]
+    offered = next_answer.value.json()
     chosen = next(s for s in (first, second) if str(s[0].SeriesInstanceUID) == offered["id"])
     rows = dict(
         zip(
