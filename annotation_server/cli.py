@@ -26,6 +26,7 @@ from annotation_server.audit.cli import audit_app
 from annotation_server.auth.cli import users_app
 from annotation_server.cli_support import cli_actor, cli_audit, console, load_app_or_exit, or_exit, settings_from
 from annotation_server.federated.cli import fl_app
+from annotation_server.inference.batch_cli import batch_app
 from annotation_server.slicer_extension import slicer_extension
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
@@ -35,6 +36,7 @@ cli.add_typer(fl_app, name="fl")
 cli.add_typer(users_app, name="users")
 cli.add_typer(audit_app, name="audit")
 cli.command("slicer-extension")(slicer_extension)
+cli.add_typer(batch_app, name="batch")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 
@@ -64,7 +66,7 @@ def _serve(**overrides: Any) -> None:
     )
     spec = load_app_or_exit(settings.app)
     uvicorn.run(
-        create_app(settings, spec),
+        or_exit(lambda: create_app(settings, spec)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -86,6 +88,9 @@ def main_command(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS key")] = None,
     model_dir: Annotated[
         list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
+    ] = None,
+    ohif: Annotated[
+        bool | None, typer.Option("--ohif", help="Serve OHIF v3 at /ohif/ (needs monailabel installed)")
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
     insecure_no_auth: Annotated[
@@ -109,6 +114,7 @@ def main_command(
             ssl_keyfile=ssl_keyfile,
             model_dirs=model_dir or None,
             insecure_no_auth=insecure_no_auth,
+            ohif=ohif,
         )
 
 

@@ -89,6 +89,28 @@ class Settings(BaseSettings):
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
 
+    ohif: bool = Field(
+        False,
+        description="Serve OHIF v3 (from the installed monailabel package) at /ohif/ and proxy its DICOMweb "
+        "reads to the PACS at /proxy/dicom/qido and /proxy/dicom/wado",
+    )
+
+    watch_pacs: bool = Field(
+        False,
+        description="Pre-annotate series new in the PACS (DICOMweb datastore) with the app's automatic model, "
+        "written back as SEGs; series already there at the first start are left alone",
+    )
+    watch_interval_s: float = Field(30.0, gt=0, description="Seconds between polls of the PACS for new series")
+    watch_concurrency: int = Field(1, ge=1, description="Series pre-annotated at once (fetch, model, SEG)")
+    watch_max_attempts: int = Field(5, ge=1, description="Tries per series before it is reported as failed")
+    watch_retry_s: float = Field(
+        60.0, gt=0, description="Wait before the first retry of a failed series; doubled on each further failure"
+    )
+    watch_settle_s: float = Field(
+        60.0,
+        ge=0,
+        description="A new series is pre-annotated once its instance count has not changed for this many seconds",
+    )
     insecure_no_auth: bool = Field(
         False,
         description="Allow listening on a non-loopback address with auth off (everyone who can reach it is admin)",

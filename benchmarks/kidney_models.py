@@ -23,9 +23,9 @@ from scipy import ndimage
 
 from annotation_server.evaluation.clicks import dice, simulate_clicks
 from annotation_server.imaging import read_volume
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.click_task import BundleClickTask
+from annotation_server.inference.model_space import volume_to_metatensor
 from annotation_server.inference.params import InferParams
 
 REPO = Path(__file__).resolve().parents[1]

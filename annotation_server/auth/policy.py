@@ -38,6 +38,7 @@ RULES: tuple[Rule, ...] = (
     # running the site
     Rule(WRITE, "/train*", Role.admin),
     Rule(WRITE, "/scoring*", Role.admin),
+    Rule(WRITE, "/batch/*", Role.admin),  # batch inference: start, stop (MONAI Label: admin)
     Rule(WRITE, "/models/*", Role.admin),
     Rule(frozenset({"DELETE"}), "/datastore*", Role.admin),
     # annotating

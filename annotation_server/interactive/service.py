@@ -92,11 +92,15 @@ class InteractiveService:
         """Seed the session's mask with a saved label. A model's label (e.g. `original` from /infer with
         save_label) counts as the session's pre-annotation, so the final label's effort is measured against it."""
         saved = self.datastore.label_version(image_id, tag, version)
-        array = read_volume(self.datastore.label_file(saved)).array
-        if tuple(array.shape) != tuple(session.shape):
+        label = read_volume(self.datastore.label_file(saved))
+        array = label.array
+        image_geometry = self.datastore.image_geometry(image_id)
+        # The same grid means the same shape AND the same voxel-to-world affine: a label of the right shape
+        # but flipped or shifted would seed the session with anatomy that is not under it.
+        if not label.geometry.matches(image_geometry):
             raise InvalidRequestError(
-                f"label '{image_id}' tag '{tag}' v{saved.version} has shape {list(array.shape)}, the image "
-                f"{list(session.shape)}: save it again on the image's grid"
+                f"label '{image_id}' tag '{tag}' v{saved.version} lies on {label.geometry.describe()}, the image "
+                f"on {image_geometry.describe()}: save it again on the image's grid"
             )
         if array.min(initial=0) < 0 or array.max(initial=0) > 255:
             raise InvalidRequestError(f"label '{image_id}' tag '{tag}' v{saved.version} has values outside 0..255")

@@ -17,7 +17,7 @@ import torch
 from annotation_apps.kidney import recipes
 from annotation_apps.kidney.training import _compose, click_validator, interaction_sample, seg_validator
 from annotation_server.imaging import read_volume
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
+from annotation_server.inference.model_space import volume_to_metatensor
 from annotation_server.learning.finetune import LabeledImage
 from annotation_server.learning.patches import PatchBatches, augmentation
 from annotation_server.learning.trainer import Batch

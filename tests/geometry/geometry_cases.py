@@ -1,0 +1,208 @@
+"""Test-time copies of the real CT in other orientations, grids and file formats, and world-space comparison.
+
+Everything is generated from `example_ct.nii.gz` (TotalSegmentator's full-body CT, RAS, 3 mm) and its
+TotalSegmentator labels (`example_seg_fast_force_split.nii.gz`, kidney = labels 2 + 3) at test time. The
+"kidney crop" is slices 82..111 of that CT with the affine moved to match (the shipped `example_ct_sm` keeps
+the uncropped affine, so its world coordinates are wrong).
+
+World-space comparison: a label on grid A is brought onto grid B by looking up, for every voxel centre of B,
+the A voxel that contains that world point (nearest neighbour). For grids that differ by axis permutations
+and flips this lookup is exact, so equality is asserted voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
+
+from annotation_server.imaging import Geometry, Volume, read_volume
+
+KIDNEY_LABELS = (2, 3)
+CROP = slice(82, 112)
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Case:
+    """An image (array + RAS affine) and its true kidney mask on the same grid."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.image.shape, self.affine)
+
+    @property
+    def volume(self) -> Volume:
+        return Volume(array=self.image, geometry=self.geometry)
+
+    def save_nifti(self, path: Path) -> Path:
+        nib.save(nib.Nifti1Image(self.image, self.affine), str(path))
+        return path
+
+
+def load_full(shared: Path) -> Case:
+    folder = shared / "totalsegmentator"
+    ct = read_volume(folder / "example_ct.nii.gz")
+    labels = read_volume(folder / "example_seg_fast_force_split.nii.gz").array
+    return Case("ras_full", ct.array.astype(np.int16), np.isin(labels, KIDNEY_LABELS), ct.geometry.affine)
+
+
+def crop(case: Case, roi: slice = CROP) -> Case:
+    """Slices `roi` along the third axis with the affine moved so every voxel keeps its world position."""
+    affine = case.affine.copy()
+    affine[:3, 3] = case.affine[:3, :3] @ np.array([0.0, 0.0, roi.start]) + case.affine[:3, 3]
+    return Case(
+        "ras_crop",
+        np.ascontiguousarray(case.image[:, :, roi]),
+        np.ascontiguousarray(case.truth[:, :, roi]),
+        affine,
+    )
+
+
+def all_axcodes() -> list[str]:
+    """The 48 axis-aligned orientations: every permutation of the three axes times every flip."""
+    codes = []
+    for perm in itertools.permutations(range(3)):
+        for flips in itertools.product((0, 1), repeat=3):
+            codes.append("".join(("RL", "AP", "SI")[axis][flip] for axis, flip in zip(perm, flips, strict=True)))
+    return codes
+
+
+def reorient(case: Case, axcodes: str) -> Case:
+    """The same voxels (exactly) stored in `axcodes` order: each voxel keeps its world position."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(case.affine), nib.orientations.axcodes2ornt(axcodes)
+    )
+    image = np.ascontiguousarray(nib.orientations.apply_orientation(case.image, transform))
+    truth = np.ascontiguousarray(nib.orientations.apply_orientation(case.truth, transform))
+    affine = case.affine @ nib.orientations.inv_ornt_aff(transform, case.image.shape)
+    return Case(f"{case.name}:{axcodes}", image, truth, affine)
+
+
+def rotate_pose(case: Case, degrees: float, axis: int = 2) -> Case:
+    """An oblique acquisition: the same voxels with the patient turned `degrees` about a world axis."""
+    angle = np.deg2rad(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.eye(4)
+    a, b = [i for i in range(3) if i != axis]
+    rotation[a, a], rotation[a, b], rotation[b, a], rotation[b, b] = c, -s, s, c
+    centre = case.affine @ np.array([*(np.asarray(case.image.shape) / 2), 1.0])
+    shift, back = np.eye(4), np.eye(4)
+    shift[:3, 3], back[:3, 3] = -centre[:3], centre[:3]
+    return Case(f"{case.name}:rot{degrees:g}", case.image, case.truth, back @ rotation @ shift @ case.affine)
+
+
+def resample(case: Case, spacing: tuple[float, float, float]) -> Case:
+    """The case on an axis-aligned grid of `spacing` mm covering the same box (image linear, truth nearest)."""
+    old = np.linalg.norm(case.affine[:3, :3], axis=0)
+    shape = tuple(int(np.floor(n * o / s)) for n, o, s in zip(case.image.shape, old, spacing, strict=True))
+    scale = np.diag([s / o for s, o in zip(spacing, old, strict=True)] + [1.0])
+    # voxel centres: new index x -> old index x * s/o + (s/o - 1) / 2 keeps the box's outer edges in place
+    scale[:3, 3] = [(s / o - 1) / 2 for s, o in zip(spacing, old, strict=True)]
+    coords = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    old_index = scale[:3, :3] @ coords + scale[:3, 3:4]
+    image = ndimage.map_coordinates(case.image.astype(np.float32), old_index, order=1, mode="nearest")
+    truth = ndimage.map_coordinates(case.truth.astype(np.uint8), old_index, order=0, mode="nearest")
+    return Case(
+        f"{case.name}:{'x'.join(f'{s:g}' for s in spacing)}mm",
+        np.rint(image).astype(np.int16).reshape(shape),
+        truth.reshape(shape).astype(bool),
+        case.affine @ scale,
+    )
+
+
+def to_grid(label: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """`label` (on `source`) looked up at every voxel centre of `target` (nearest neighbour, world space)."""
+    index = np.linalg.inv(source.affine) @ target.affine
+    coords = np.indices(target.shape).reshape(3, -1).astype(np.float64)
+    mapped = np.rint(index[:3, :3] @ coords + index[:3, 3:4]).astype(np.int64)
+    inside = np.all((mapped >= 0) & (mapped < np.asarray(source.shape)[:, None]), axis=0)
+    out = np.zeros(coords.shape[1], dtype=label.dtype)
+    out[inside] = label[tuple(mapped[:, inside])]
+    return out.reshape(target.shape)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+# ------------------------------------------------------------------------------------------------ DICOM series
+ACQUISITIONS = {
+    # name: (axcodes of the stored volume (i = column, j = row, k = slice normal), file order)
+    "axial": ("LPS", "ascending"),  # ImageOrientationPatient 1\0\0\0\1\0: nearly every PACS CT
+    "axial_feet_first": ("LPS", "descending"),  # same planes, files (InstanceNumber) from head to feet
+    "coronal": ("LIP", "ascending"),  # 1\0\0\0\0\-1
+    "sagittal": ("PIR", "ascending"),  # 0\1\0\0\0\-1
+}
+
+
+def write_dicom_series(
+    case: Case,
+    folder: Path,
+    acquisition: str = "axial",
+    *,
+    tilt_mm_per_slice: float = 0.0,
+    drop: tuple[str, ...] = (),
+    blank: tuple[str, ...] = (),
+) -> Case:
+    """`case` as a CT series of single-frame files (uncompressed); returns the case as the series stores it.
+
+    `tilt_mm_per_slice` shifts each slice along the column direction (gantry tilt: positions no longer along
+    the normal); `drop` removes attributes, `blank` leaves them empty (Type 2).
+    """
+    axcodes, order = ACQUISITIONS[acquisition]
+    stored = reorient(case, axcodes)
+    lps = RAS_FROM_LPS @ stored.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    col_dir, row_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    slices = list(range(stored.image.shape[2]))
+    if order == "descending":
+        slices = slices[::-1]
+    for number, k in enumerate(slices, start=1):
+        position = lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] + col_dir * tilt_mm_per_slice * k
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{number:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", "GEOMETRY-TEST", "Geometry^Test"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "", ""
+        ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.Manufacturer = "", "O", "1", "test"
+        ds.SeriesNumber, ds.InstanceNumber = 1, number
+        ds.PositionReferenceIndicator = ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*col_dir, *row_dir)]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing (between rows), column spacing
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = stored.image.shape[1], stored.image.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.KVP = ""
+        ds.PixelData = np.ascontiguousarray(stored.image[:, :, k].T.astype(np.int16)).tobytes()
+        for name in drop:
+            if name in ds:
+                delattr(ds, name)
+        for name in blank:
+            setattr(ds, name, None)
+        ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
+    return Case(f"{case.name}:dicom-{acquisition}", stored.image, stored.truth, stored.affine)
