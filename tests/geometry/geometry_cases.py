@@ -26,6 +26,9 @@ from annotation_server.imaging import Geometry, Volume, read_volume
 
 KIDNEY_LABELS = (2, 3)
 CROP = slice(82, 112)
+# The box around both kidneys (with 9-30 voxels of margin) used for the 48 orientations: 88 x 64 x 52 voxels,
+# two 64^3 windows of kidney_seg instead of nine for the 122 x 101 x 30 crop.
+KIDNEY_BOX = (slice(14, 102), slice(10, 74), slice(60, 112))
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -58,16 +61,12 @@ def load_full(shared: Path) -> Case:
     return Case("ras_full", ct.array.astype(np.int16), np.isin(labels, KIDNEY_LABELS), ct.geometry.affine)
 
 
-def crop(case: Case, roi: slice = CROP) -> Case:
-    """Slices `roi` along the third axis with the affine moved so every voxel keeps its world position."""
+def crop(case: Case, roi: tuple[slice, slice, slice] = (slice(None), slice(None), CROP), name: str = "crop") -> Case:
+    """The sub-volume `roi` with the affine moved so every voxel keeps its world position."""
+    start = [s.indices(n)[0] for s, n in zip(roi, case.image.shape, strict=True)]
     affine = case.affine.copy()
-    affine[:3, 3] = case.affine[:3, :3] @ np.array([0.0, 0.0, roi.start]) + case.affine[:3, 3]
-    return Case(
-        "ras_crop",
-        np.ascontiguousarray(case.image[:, :, roi]),
-        np.ascontiguousarray(case.truth[:, :, roi]),
-        affine,
-    )
+    affine[:3, 3] = case.affine[:3, :3] @ np.asarray(start, dtype=float) + case.affine[:3, 3]
+    return Case(name, np.ascontiguousarray(case.image[roi]), np.ascontiguousarray(case.truth[roi]), affine)
 
 
 def all_axcodes() -> list[str]:
