@@ -49,6 +49,17 @@ OHIF_PARAMS = {
     "restore_label_idx": False,
 }
 
+# Real exports drop or blank Type 2 attributes; a tilted gantry shears the slice stack.
+MESSY_SERIES: dict[str, dict] = {
+    "dicom_no_thickness": {"drop": ("SliceThickness",)},
+    "dicom_no_frame": {"drop": ("FrameOfReferenceUID",)},
+    "dicom_blank_frame": {"blank": ("FrameOfReferenceUID", "SliceThickness")},
+    "dicom_no_patient_study": {
+        "drop": ("PatientName", "PatientID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID")
+    },
+    "dicom_tilted": {"tilt_mm_per_slice": 0.5},  # ~9.5 degrees
+}
+
 
 def zoo_bundle(folder: Path) -> Path:
     """kidney_seg's network and weights in a Model Zoo bundle's own terms: file I/O and Invertd in its config."""
@@ -98,6 +109,8 @@ def served(crop_case: Case, tmp_path_factory) -> Iterator[tuple[object, dict[str
         cases[name] = case
     for acquisition in ACQUISITIONS:
         cases[f"dicom_{acquisition}"] = write_dicom_series(crop_case, studies / f"dicom_{acquisition}", acquisition)
+    for name, options in MESSY_SERIES.items():
+        cases[name] = write_dicom_series(crop_case, studies / name, "axial", **options)
     bundle = zoo_bundle(root / "zoo_kidney")
     settings = Settings(
         studies=studies, data_dir=root / "data", rescan_interval_s=0, model_dirs=[bundle], session_expiry_s=600
@@ -321,3 +334,30 @@ def test_nifti_reference_has_the_same_world_as_every_copy(served) -> None:  # ty
         volume = read_volume(studies / f"dicom_{acquisition}")
         assert np.array_equal(to_grid(volume.array, volume.geometry, ras.geometry), ras.image), acquisition
     assert nib.aff2axcodes(read_volume(studies / "dicom_axial").geometry.affine) == ("L", "P", "S")
+
+
+@pytest.mark.parametrize("image", [name for name in MESSY_SERIES if name != "dicom_tilted"])
+def test_dicom_seg_of_series_missing_type2_attributes(served, ras_answer, image: str) -> None:  # type: ignore[no-untyped-def]
+    """Missing / empty SliceThickness, FrameOfReferenceUID, patient and study attributes: a SEG, not a 500."""
+    client, cases, _ = served
+    response = client.post(f"/infer/kidney_seg?image={image}&output=dicom_seg")
+    assert response.status_code == 200, response.text
+    assert np.array_equal(_seg_world(response.content, cases["ras"].geometry) > 0, ras_answer > 0)
+    seg = pydicom.dcmread(io.BytesIO(response.content))
+    assert seg.FrameOfReferenceUID  # derived from the series when the source has none
+    image_answer, geometry = _result(client.post(f"/infer/kidney_seg?image={image}&output=image"))
+    assert np.array_equal(_in_ras(image_answer, geometry, cases), ras_answer)
+
+
+def test_gantry_tilt_is_refused_with_what_to_do(served) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = served
+    for url in (
+        "/infer/kidney_seg?image=dicom_tilted&output=image",
+        "/infer/kidney_seg?image=dicom_tilted&output=dicom_seg",
+    ):
+        response = client.post(url)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "tilt" in detail and "resample" in detail, detail
+    opened = client.post("/interactive/sessions", json={"image": "dicom_tilted", "model": "region_growing"})
+    assert opened.status_code == 422 and "tilt" in opened.json()["detail"]
