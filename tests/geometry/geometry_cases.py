@@ -12,12 +12,15 @@ and flips this lookup is exact, so equality is asserted voxel for voxel.
 
 from __future__ import annotations
 
+import io
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
@@ -205,3 +208,38 @@ def write_dicom_series(
             setattr(ds, name, None)
         ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
     return Case(f"{case.name}:dicom-{acquisition}", stored.image, stored.truth, stored.affine)
+
+
+def seg_world(data: bytes, reference: Geometry) -> np.ndarray:
+    """A DICOM SEG decoded by highdicom into its own volume (LPS affine), looked up on `reference`'s grid."""
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(data)))
+    volume = seg.get_volume(combine_segments=True)
+    # highdicom: array (slices, rows, columns) = (k, j, i) of its own affine, which maps to LPS millimetres
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine)
+    return to_grid(np.asarray(volume.array), Geometry(volume.array.shape, ras), reference)
+
+
+def series_positions(folder: Path) -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """The series' headers sorted as OHIF stacks them: ascending along the slice normal."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
+    iop = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    headers.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
+    return headers, iop
+
+
+def ohif_expected(folder: Path, ras_answer: np.ndarray, reference: Geometry) -> np.ndarray:
+    """What OHIF should paint: for each pixel of each slice (in OHIF's order), the RAS answer at that point."""
+    headers, iop = series_positions(folder)
+    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
+    c, r = np.meshgrid(np.arange(cols), np.arange(rows))  # (rows, cols)
+    to_index = np.linalg.inv(reference.affine)
+    frames = []
+    for ds in headers:
+        origin = np.asarray(ds.ImagePositionPatient, dtype=float)
+        lps = origin[:, None, None] + iop[:3, None, None] * c * col_spacing + iop[3:, None, None] * r * row_spacing
+        ras = np.stack([-lps[0], -lps[1], lps[2], np.ones_like(lps[0])]).reshape(4, -1)
+        index = np.rint(to_index @ ras)[:3].astype(int)
+        frames.append(ras_answer[tuple(index)].reshape(rows, cols))
+    return np.stack(frames)  # (slices, rows, cols): x (column) fastest in C order

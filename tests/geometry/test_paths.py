@@ -27,12 +27,20 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from geometry_cases import ACQUISITIONS, Case, dice, reorient, to_grid, write_dicom_series
+from geometry_cases import (
+    ACQUISITIONS,
+    Case,
+    dice,
+    ohif_expected,
+    reorient,
+    seg_world,
+    to_grid,
+    write_dicom_series,
+)
 from scipy import ndimage
 
 from annotation_server.imaging import Geometry, read_volume, write_volume
@@ -191,47 +199,12 @@ def test_upload_and_monai_label_session(served, ras_answer, tmp_path: Path) -> N
     assert np.array_equal(_in_ras(array, geometry, cases), ras_answer)
 
 
-def _seg_world(data: bytes, reference: Geometry) -> np.ndarray:
-    """A DICOM SEG decoded by highdicom into its own volume (LPS affine), looked up on `reference`'s grid."""
-    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(data)))
-    volume = seg.get_volume(combine_segments=True)
-    # highdicom: array (slices, rows, columns) = (k, j, i) of its own affine, which maps to LPS millimetres
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine)
-    return to_grid(np.asarray(volume.array), Geometry(volume.array.shape, ras), reference)
-
-
 @pytest.mark.parametrize("acquisition", list(ACQUISITIONS))
 def test_dicom_seg_decoded_in_world_space(served, ras_answer, acquisition: str) -> None:  # type: ignore[no-untyped-def]
     client, cases, _ = served
     response = client.post(f"/infer/kidney_seg?image=dicom_{acquisition}&output=dicom_seg")
     assert response.status_code == 200, response.text
-    assert np.array_equal(_seg_world(response.content, cases["ras"].geometry) > 0, ras_answer > 0)
-
-
-def _series_positions(folder: Path) -> tuple[list[pydicom.Dataset], np.ndarray]:
-    """The series' headers sorted as OHIF stacks them: ascending along the slice normal."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
-    iop = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    headers.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
-    return headers, iop
-
-
-def _ohif_expected(folder: Path, ras_answer: np.ndarray, reference: Geometry) -> np.ndarray:
-    """What OHIF should paint: for each pixel of each slice (in OHIF's order), the RAS answer at that point."""
-    headers, iop = _series_positions(folder)
-    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
-    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
-    c, r = np.meshgrid(np.arange(cols), np.arange(rows))  # (rows, cols)
-    to_index = np.linalg.inv(reference.affine)
-    frames = []
-    for ds in headers:
-        origin = np.asarray(ds.ImagePositionPatient, dtype=float)
-        lps = origin[:, None, None] + iop[:3, None, None] * c * col_spacing + iop[3:, None, None] * r * row_spacing
-        ras = np.stack([-lps[0], -lps[1], lps[2], np.ones_like(lps[0])]).reshape(4, -1)
-        index = np.rint(to_index @ ras)[:3].astype(int)
-        frames.append(ras_answer[tuple(index)].reshape(rows, cols))
-    return np.stack(frames)  # (slices, rows, cols): x (column) fastest in C order
+    assert np.array_equal(seg_world(response.content, cases["ras"].geometry) > 0, ras_answer > 0)
 
 
 @pytest.mark.parametrize("acquisition", ["axial", "axial_feet_first", "coronal"])
@@ -244,7 +217,7 @@ def test_ohif_byte_contract(served, ras_answer, acquisition: str) -> None:  # ty
     header, raw = response.content.split(b"\n\n", 1)
     assert b"encoding: raw" in header, "result_compress: false must give raw NRRD bytes (OHIF reads them as is)"
     assert b"type: uint8" in header or b"type: unsigned char" in header
-    expected = _ohif_expected(studies / f"dicom_{acquisition}", ras_answer, cases["ras"].geometry)
+    expected = ohif_expected(studies / f"dicom_{acquisition}", ras_answer, cases["ras"].geometry)
     poured = np.frombuffer(raw, dtype=np.uint8)
     assert poured.size == expected.size, "OHIF pours exactly one byte per voxel of the series"
     assert np.array_equal(poured.reshape(expected.shape), expected), f"{acquisition}: bytes land on other voxels"
@@ -342,7 +315,7 @@ def test_dicom_seg_of_series_missing_type2_attributes(served, ras_answer, image:
     client, cases, _ = served
     response = client.post(f"/infer/kidney_seg?image={image}&output=dicom_seg")
     assert response.status_code == 200, response.text
-    assert np.array_equal(_seg_world(response.content, cases["ras"].geometry) > 0, ras_answer > 0)
+    assert np.array_equal(seg_world(response.content, cases["ras"].geometry) > 0, ras_answer > 0)
     seg = pydicom.dcmread(io.BytesIO(response.content))
     assert seg.FrameOfReferenceUID  # derived from the series when the source has none
     image_answer, geometry = _result(client.post(f"/infer/kidney_seg?image={image}&output=image"))
