@@ -21,18 +21,16 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from annotation_server.imaging import Geometry, Volume, read_volume
+from annotation_server.imaging.dicom_export import write_ct_series
 
 KIDNEY_LABELS = (2, 3)
 CROP = slice(82, 112)
 # The box around both kidneys (with 9-30 voxels of margin) used for the 48 orientations: 88 x 64 x 52 voxels,
 # two 64^3 windows of kidney_seg instead of nine for the 122 x 101 x 30 crop.
 KIDNEY_BOX = (slice(14, 102), slice(10, 74), slice(60, 112))
-RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -160,53 +158,17 @@ def write_dicom_series(
     drop: tuple[str, ...] = (),
     blank: tuple[str, ...] = (),
 ) -> Case:
-    """`case` as a CT series of single-frame files (uncompressed); returns the case as the series stores it.
-
-    `tilt_mm_per_slice` shifts each slice along the column direction (gantry tilt: positions no longer along
-    the normal); `drop` removes attributes, `blank` leaves them empty (Type 2).
-    """
+    """`case` as a CT series of `acquisition` (see ACQUISITIONS); returns the case as the series stores it."""
     axcodes, order = ACQUISITIONS[acquisition]
     stored = reorient(case, axcodes)
-    lps = RAS_FROM_LPS @ stored.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    col_dir, row_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    slices = list(range(stored.image.shape[2]))
-    if order == "descending":
-        slices = slices[::-1]
-    for number, k in enumerate(slices, start=1):
-        position = lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] + col_dir * tilt_mm_per_slice * k
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{number:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", "GEOMETRY-TEST", "Geometry^Test"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "", ""
-        ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.Manufacturer = "", "O", "1", "test"
-        ds.SeriesNumber, ds.InstanceNumber = 1, number
-        ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*col_dir, *row_dir)]
-        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing (between rows), column spacing
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = stored.image.shape[1], stored.image.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.KVP = ""
-        ds.PixelData = np.ascontiguousarray(stored.image[:, :, k].T.astype(np.int16)).tobytes()
-        for name in drop:
-            if name in ds:
-                delattr(ds, name)
-        for name in blank:
-            setattr(ds, name, None)
-        ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
+    write_ct_series(
+        stored.volume,
+        folder,
+        descending=order == "descending",
+        tilt_mm_per_slice=tilt_mm_per_slice,
+        drop=drop,
+        blank=blank,
+    )
     return Case(f"{case.name}:dicom-{acquisition}", stored.image, stored.truth, stored.affine)
 
 
