@@ -205,3 +205,15 @@ def ohif_expected(folder: Path, ras_answer: np.ndarray, reference: Geometry) -> 
         index = np.rint(to_index @ ras)[:3].astype(int)
         frames.append(ras_answer[tuple(index)].reshape(rows, cols))
     return np.stack(frames)  # (slices, rows, cols): x (column) fastest in C order
+
+
+def read_bytes(data: bytes, disposition: str = "") -> tuple[np.ndarray, Geometry]:
+    """A label file answered by the server (format from its Content-Disposition name) as array + geometry."""
+    import tempfile
+
+    ext = next((e for e in (".nii.gz", ".nrrd", ".mha", ".nii") if e in disposition), ".nii.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"result{ext}"
+        path.write_bytes(data)
+        volume = read_volume(path)
+        return volume.array, volume.geometry

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from geometry_cases import Case, dice, ohif_expected, seg_world, write_dicom_series
+from geometry_cases import Case, dice, ohif_expected, read_bytes, seg_world, to_grid, write_dicom_series
 from pacs import Orthanc, require_orthanc
 
 from annotation_server.inference.params import InferParams
@@ -80,3 +80,19 @@ def test_ohif_request_through_dicomweb(pacs_client, crop_case: Case, kidney_seg)
     seg = client.post(f"/infer/kidney_seg?image={series_uid}&output=dicom_seg")
     assert seg.status_code == 200, seg.text
     assert np.array_equal(seg_world(seg.content, crop_case.geometry) > 0, ras_answer > 0)
+
+
+def test_ohif_label_bin_save_lands_in_world_space(pacs_client, crop_case: Case, kidney_seg) -> None:  # type: ignore[no-untyped-def]
+    """OHIF saves its labelmap as raw bytes in the same order it pours them: they must land on those voxels."""
+    client, series, series_uid = pacs_client
+    ras_answer = kidney_seg.infer(crop_case.volume, InferParams()).mask
+    frames = ohif_expected(series, ras_answer, crop_case.geometry)
+    saved = client.put(
+        f"/datastore/label?image={series_uid}&tag=final",
+        files={"label": ("label.bin", np.ascontiguousarray(frames, dtype=np.uint8).tobytes())},
+    )
+    assert saved.status_code == 200, saved.text
+    download = client.get(f"/datastore/label?label={series_uid}&tag=final")
+    assert download.status_code == 200, download.text
+    array, geometry = read_bytes(download.content, download.headers.get("content-disposition", ""))
+    assert np.array_equal(to_grid(array, geometry, crop_case.geometry), ras_answer)
