@@ -99,7 +99,7 @@ def _back_to_input(
             return input_box, gathered
         # Each table is monotonic, so the indices that land inside the patch form one run per axis: a slice.
         inside = tuple(slice(int(np.argmax(v)), len(v) - int(np.argmax(v[::-1]))) for v in valid)
-        source = np.transpose(pred, np.argsort(order))  # put network axes in input-axis order
+        source = np.transpose(pred, order)  # axis a <- network axis order[a] (not argsort: 3-cycles)
         for axis, (table, run) in enumerate(zip(tables, inside, strict=True)):  # one axis at a time: 3 cheap takes
             source = source.take(table[run], axis=axis)
         gathered[inside] = source

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from geometry_cases import Case, crop, load_full
+from geometry_cases import KIDNEY_BOX, Case, crop, load_full
 
 from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.click_task import BundleClickTask
@@ -21,7 +21,8 @@ def full_case(shared_data: Path) -> Case:
 
 @pytest.fixture(scope="session")
 def crop_case(full_case: Case) -> Case:
-    return crop(full_case)
+    """The real CT's box around both kidneys (88 x 64 x 52 voxels of 3 mm), affine moved with the crop."""
+    return crop(full_case, KIDNEY_BOX, name="kidney_box")
 
 
 @pytest.fixture(scope="session")

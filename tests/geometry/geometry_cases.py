@@ -12,21 +12,25 @@ and flips this lookup is exact, so equality is asserted voxel for voxel.
 
 from __future__ import annotations
 
+import io
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+import pydicom
 from scipy import ndimage
 
 from annotation_server.imaging import Geometry, Volume, read_volume
+from annotation_server.imaging.dicom_export import write_ct_series
 
 KIDNEY_LABELS = (2, 3)
 CROP = slice(82, 112)
-RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# The box around both kidneys (with 9-30 voxels of margin) used for the 48 orientations: 88 x 64 x 52 voxels,
+# two 64^3 windows of kidney_seg instead of nine for the 122 x 101 x 30 crop.
+KIDNEY_BOX = (slice(14, 102), slice(10, 74), slice(60, 112))
 
 
 @dataclass(frozen=True)
@@ -58,16 +62,12 @@ def load_full(shared: Path) -> Case:
     return Case("ras_full", ct.array.astype(np.int16), np.isin(labels, KIDNEY_LABELS), ct.geometry.affine)
 
 
-def crop(case: Case, roi: slice = CROP) -> Case:
-    """Slices `roi` along the third axis with the affine moved so every voxel keeps its world position."""
+def crop(case: Case, roi: tuple[slice, slice, slice] = (slice(None), slice(None), CROP), name: str = "crop") -> Case:
+    """The sub-volume `roi` with the affine moved so every voxel keeps its world position."""
+    start = [s.indices(n)[0] for s, n in zip(roi, case.image.shape, strict=True)]
     affine = case.affine.copy()
-    affine[:3, 3] = case.affine[:3, :3] @ np.array([0.0, 0.0, roi.start]) + case.affine[:3, 3]
-    return Case(
-        "ras_crop",
-        np.ascontiguousarray(case.image[:, :, roi]),
-        np.ascontiguousarray(case.truth[:, :, roi]),
-        affine,
-    )
+    affine[:3, 3] = case.affine[:3, :3] @ np.asarray(start, dtype=float) + case.affine[:3, 3]
+    return Case(name, np.ascontiguousarray(case.image[roi]), np.ascontiguousarray(case.truth[roi]), affine)
 
 
 def all_axcodes() -> list[str]:
@@ -158,51 +158,62 @@ def write_dicom_series(
     drop: tuple[str, ...] = (),
     blank: tuple[str, ...] = (),
 ) -> Case:
-    """`case` as a CT series of single-frame files (uncompressed); returns the case as the series stores it.
-
-    `tilt_mm_per_slice` shifts each slice along the column direction (gantry tilt: positions no longer along
-    the normal); `drop` removes attributes, `blank` leaves them empty (Type 2).
-    """
+    """`case` as a CT series of `acquisition` (see ACQUISITIONS); returns the case as the series stores it."""
     axcodes, order = ACQUISITIONS[acquisition]
     stored = reorient(case, axcodes)
-    lps = RAS_FROM_LPS @ stored.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    col_dir, row_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    slices = list(range(stored.image.shape[2]))
-    if order == "descending":
-        slices = slices[::-1]
-    for number, k in enumerate(slices, start=1):
-        position = lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] + col_dir * tilt_mm_per_slice * k
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{number:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", "GEOMETRY-TEST", "Geometry^Test"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "", ""
-        ds.PatientBirthDate, ds.PatientSex, ds.StudyID, ds.Manufacturer = "", "O", "1", "test"
-        ds.SeriesNumber, ds.InstanceNumber = 1, number
-        ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*col_dir, *row_dir)]
-        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing (between rows), column spacing
-        ds.SliceThickness = float(spacing[2])
-        ds.Rows, ds.Columns = stored.image.shape[1], stored.image.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.KVP = ""
-        ds.PixelData = np.ascontiguousarray(stored.image[:, :, k].T.astype(np.int16)).tobytes()
-        for name in drop:
-            if name in ds:
-                delattr(ds, name)
-        for name in blank:
-            setattr(ds, name, None)
-        ds.save_as(folder / f"{number:04d}.dcm", enforce_file_format=True)
+    write_ct_series(
+        stored.volume,
+        folder,
+        descending=order == "descending",
+        tilt_mm_per_slice=tilt_mm_per_slice,
+        drop=drop,
+        blank=blank,
+    )
     return Case(f"{case.name}:dicom-{acquisition}", stored.image, stored.truth, stored.affine)
+
+
+def seg_world(data: bytes, reference: Geometry) -> np.ndarray:
+    """A DICOM SEG decoded by highdicom into its own volume (LPS affine), looked up on `reference`'s grid."""
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(data)))
+    volume = seg.get_volume(combine_segments=True)
+    # highdicom: array (slices, rows, columns) = (k, j, i) of its own affine, which maps to LPS millimetres
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine)
+    return to_grid(np.asarray(volume.array), Geometry(volume.array.shape, ras), reference)
+
+
+def series_positions(folder: Path) -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """The series' headers sorted as OHIF stacks them: ascending along the slice normal."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
+    iop = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    headers.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
+    return headers, iop
+
+
+def ohif_expected(folder: Path, ras_answer: np.ndarray, reference: Geometry) -> np.ndarray:
+    """What OHIF should paint: for each pixel of each slice (in OHIF's order), the RAS answer at that point."""
+    headers, iop = series_positions(folder)
+    rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
+    c, r = np.meshgrid(np.arange(cols), np.arange(rows))  # (rows, cols)
+    to_index = np.linalg.inv(reference.affine)
+    frames = []
+    for ds in headers:
+        origin = np.asarray(ds.ImagePositionPatient, dtype=float)
+        lps = origin[:, None, None] + iop[:3, None, None] * c * col_spacing + iop[3:, None, None] * r * row_spacing
+        ras = np.stack([-lps[0], -lps[1], lps[2], np.ones_like(lps[0])]).reshape(4, -1)
+        index = np.rint(to_index @ ras)[:3].astype(int)
+        frames.append(ras_answer[tuple(index)].reshape(rows, cols))
+    return np.stack(frames)  # (slices, rows, cols): x (column) fastest in C order
+
+
+def read_bytes(data: bytes, disposition: str = "") -> tuple[np.ndarray, Geometry]:
+    """A label file answered by the server (format from its Content-Disposition name) as array + geometry."""
+    import tempfile
+
+    ext = next((e for e in (".nii.gz", ".nrrd", ".mha", ".nii") if e in disposition), ".nii.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"result{ext}"
+        path.write_bytes(data)
+        volume = read_volume(path)
+        return volume.array, volume.geometry
