@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from geometry_cases import KIDNEY_BOX, Case, crop, load_full
 
 from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.click_task import BundleClickTask
+from geometry.geometry_cases import KIDNEY_BOX, Case, crop, load_full
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = {"kidney": 1, "tumor": 2, "cyst": 3}

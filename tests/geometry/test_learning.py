@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from geometry_cases import Case, reorient, write_dicom_series
 
 from annotation_server.imaging import read_volume, write_volume
 from annotation_server.learning.finetune import LabeledImage, load_network
 from annotation_server.learning.trainer import TrainSettings, train
 from annotation_server.learning.uncertainty import EpistemicScorer, TTAScorer
+from geometry.geometry_cases import Case, reorient, write_dicom_series
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from geometry_cases import Case, all_axcodes, dice, reorient, resample, rotate_pose, to_grid
 from scipy import ndimage
 
 from annotation_server.inference.params import InferParams
 from annotation_server.inference.region_growing_task import RegionGrowingTask
 from annotation_server.tools.region_growing import RegionGrowingConfig
+from geometry.geometry_cases import Case, all_axcodes, dice, reorient, resample, rotate_pose, to_grid
 
 AXCODES = all_axcodes()
 SAMPLED = AXCODES[::6]
@@ -63,9 +63,8 @@ def _kidney_centres(case: Case, truth_labels: np.ndarray) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def crop_labels(shared_data, crop_case: Case) -> np.ndarray:  # type: ignore[no-untyped-def]
-    from geometry_cases import KIDNEY_BOX
-
     from annotation_server.imaging import read_volume
+    from geometry.geometry_cases import KIDNEY_BOX
 
     labels = read_volume(shared_data / "totalsegmentator" / "example_seg_fast_force_split.nii.gz").array
     return np.ascontiguousarray(labels[KIDNEY_BOX])

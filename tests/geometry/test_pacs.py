@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from geometry_cases import Case, dice, ohif_expected, read_bytes, seg_world, to_grid, write_dicom_series
 from pacs import Orthanc, require_orthanc
 
 from annotation_server.inference.params import InferParams
+from geometry.geometry_cases import Case, dice, ohif_expected, read_bytes, seg_world, to_grid, write_dicom_series
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from geometry_cases import (
+from scipy import ndimage
+
+from annotation_server.imaging import Geometry, read_volume, write_volume
+from annotation_server.interactive.delta import apply_delta
+from geometry.geometry_cases import (
     ACQUISITIONS,
     Case,
     dice,
@@ -43,10 +47,6 @@ from geometry_cases import (
     to_grid,
     write_dicom_series,
 )
-from scipy import ndimage
-
-from annotation_server.imaging import Geometry, read_volume, write_volume
-from annotation_server.interactive.delta import apply_delta
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ the shape, so the model-space (RAS) answer was returned on the LPS grid as is. C
 from __future__ import annotations
 
 import pytest
-from geometry_cases import dice, reorient, to_grid
 
 from annotation_server.inference.params import InferParams
+from geometry.geometry_cases import dice, reorient, to_grid
 
 
 @pytest.mark.slow
