@@ -21,6 +21,7 @@ from annotation_server.federated.config import FederatedConfig
 from annotation_server.inference.task import InferTask
 from annotation_server.learning.finetune import FineTuneRecipe
 from annotation_server.learning.strategies import Strategy
+from annotation_server.preannotation.rules import PreannotationRules
 
 ENTRY_POINT_GROUP = "annotation_server.apps"
 
@@ -49,6 +50,8 @@ class AppSpec:
     trainers: Mapping[str, FineTuneRecipe] = field(default_factory=dict)
     # How the site's federated training queue admits labels (review step) and the federated job's options.
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    # Which new PACS series are pre-annotated automatically, and with which model (ANNOTATE_WATCH_PACS=true).
+    preannotation: PreannotationRules = field(default_factory=PreannotationRules)
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:

@@ -19,18 +19,33 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from annotation_server import __version__
+from annotation_server.audit.cli import audit_app
 from annotation_server.auth.cli import users_app
-from annotation_server.cli_support import StudiesOption, console, load_app_or_exit, or_exit, settings_from
+from annotation_server.cli_support import (
+    StudiesOption,
+    cli_actor,
+    cli_audit,
+    console,
+    load_app_or_exit,
+    or_exit,
+    settings_from,
+)
 from annotation_server.federated.cli import fl_app
+from annotation_server.inference.batch_cli import batch_app
+from annotation_server.slicer_extension import slicer_extension
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
 models_cli = typer.Typer(help="Inspect the models an app serves.")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(fl_app, name="fl")
 cli.add_typer(users_app, name="users")
+cli.add_typer(audit_app, name="audit")
+cli.command("slicer-extension")(slicer_extension)
+cli.add_typer(batch_app, name="batch")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 
@@ -59,12 +74,20 @@ def _note_shared_data_folder(settings: Any, given: bool) -> None:
 
 def _serve(**overrides: Any) -> None:
     """Start uvicorn with Settings built from the given command-line values (None = not given)."""
+    from annotation_server.security.exposure import InsecureBindError, check_exposure
+
+    settings = settings_from(**overrides)
+    _note_shared_data_folder(settings, given=overrides.get("data_dir") is not None)
+    try:
+        check_exposure(settings)  # before the heavy imports: the refusal is immediate
+    except InsecureBindError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
     import uvicorn
 
     from annotation_server.server import create_app
 
-    settings = settings_from(**overrides)
-    _note_shared_data_folder(settings, given=overrides.get("data_dir") is not None)
     if settings.studies is not None and not settings.studies.expanduser().is_dir():
         console.print(
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
@@ -73,7 +96,7 @@ def _serve(**overrides: Any) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[_console_log_handler()])
     spec = load_app_or_exit(settings.app)
     uvicorn.run(
-        create_app(settings, spec),
+        or_exit(lambda: create_app(settings, spec)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -99,7 +122,14 @@ def main_command(
     model_dir: Annotated[
         list[Path] | None, typer.Option(help="Extra MONAI bundle folder to serve (repeatable)")
     ] = None,
+    ohif: Annotated[
+        bool | None, typer.Option("--ohif", help="Serve OHIF v3 at /ohif/ (needs monailabel installed)")
+    ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit")] = False,
+    insecure_no_auth: Annotated[
+        bool | None,
+        typer.Option("--insecure-no-auth", help="Allow a non-loopback --host with logins off (everyone is admin)"),
+    ] = None,
 ) -> None:
     """Start the server (when no command is given)."""
     if version:
@@ -116,6 +146,8 @@ def main_command(
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
             model_dirs=model_dir or None,
+            insecure_no_auth=insecure_no_auth,
+            ohif=ohif,
         )
 
 
@@ -229,6 +261,9 @@ def models_promote(
     """Serve a version. A running server switches to it within seconds, without a restart."""
     registry = _registry(app, data_dir, studies)
     promoted = or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
+    cli_audit(data_dir, studies).record(
+        "model.promote", cli_actor(), None, model, version=promoted.version, reason=reason
+    )
     typer.echo(f"{promoted.label} is now serving")
 
 
@@ -244,6 +279,9 @@ def models_rollback(
     """Serve the previous version again. A running server switches within seconds."""
     registry = _registry(app, data_dir, studies)
     restored = or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
+    cli_audit(data_dir, studies).record(
+        "model.rollback", cli_actor(), None, model, version=restored.version, reason=reason
+    )
     typer.echo(f"{restored.label} is now serving")
 
 

@@ -37,6 +37,23 @@ def settings_from(**overrides: Any) -> Any:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def cli_actor() -> str:
+    """Who runs a CLI command, for the audit trail: the operating-system account (the CLI has no login)."""
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return "unknown (cli)"
+
+
+def cli_audit(data_dir: Any, studies: Any = None) -> Any:
+    """The audit log of the data folder a CLI command acts on (`--data-dir`, else the one of `--studies`)."""
+    from annotation_server.audit.log import AuditLog
+
+    return AuditLog.for_data_dir(settings_from(data_dir=data_dir, studies=studies).data_dir)
+
+
 def or_exit(action: Callable[[], T]) -> T:
     try:
         return action()

@@ -48,6 +48,11 @@ class UpstreamUnavailableError(UpstreamError):
     """A server we depend on cannot be reached or timed out: HTTP 503, worth retrying later."""
 
 
+class ForbiddenError(AnnotationServerError):
+    """The caller is logged in but may not do this to this thing (another user's session, their own label's
+    review): HTTP 403, with who may."""
+
+
 class BusyError(AnnotationServerError):
     """The server is at capacity for this kind of work; the client should retry later."""
 

@@ -45,6 +45,11 @@ class Metrics:
             "annotation_volume_cache_bytes", "Bytes of decoded volumes cached", registry=self.registry
         )
         self.sessions = Gauge("annotation_interactive_sessions", "Open interactive sessions", registry=self.registry)
+        self.preannotation_backlog = Gauge(
+            "annotation_preannotation_backlog",
+            "New PACS series waiting for (or in) automatic pre-annotation, retries included",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, ...
 
     def bind(self, pending: Callable[[], int], cache: object, sessions: Callable[[], int]) -> None:

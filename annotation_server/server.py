@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Response
-from fastapi.middleware.cors import CORSMiddleware
 
 from annotation_server import __version__
 from annotation_server.api import (
     activelearning,
+    batch,
     datastore,
     federated,
     health,
@@ -27,22 +27,28 @@ from annotation_server.api import (
     interactive,
     logs,
     model,
+    preannotation,
     scoring,
     session,
     train,
     versions,
 )
+from annotation_server.api import audit as audit_api
 from annotation_server.api.docs import install_offline_docs
 from annotation_server.api.errors import install_error_handlers
+from annotation_server.api.ohif import mount_ohif
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
+from annotation_server.audit.log import AuditLog
 from annotation_server.auth import routes as auth_routes
 from annotation_server.auth.dependencies import authorize
 from annotation_server.auth.service import AuthService
 from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
-from annotation_server.errors import UpstreamError
+from annotation_server.errors import NotFoundError, UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.inference.admission import FairAdmission
+from annotation_server.inference.batch import BatchInferService
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -60,9 +66,12 @@ from annotation_server.learning.uncertainty import default_scorers
 from annotation_server.learning.uncertainty_strategies import uncertainty_strategies
 from annotation_server.logging_setup import attach_file_log, detach_file_log
 from annotation_server.metrics import Metrics, install_request_metrics
+from annotation_server.preannotation.state import WatchState
+from annotation_server.preannotation.watcher import PacsWatcher
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
+from annotation_server.security.cors import install_cors
 from annotation_server.services import Services
 from annotation_server.sessions import SessionStore
 from annotation_server.settings import Settings
@@ -83,6 +92,9 @@ ROUTERS = (
     train.router,
     versions.router,
     scoring.router,
+    audit_api.router,
+    batch.router,
+    preannotation.router,
 )
 
 
@@ -143,6 +155,7 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
 
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
+    audit = AuditLog.for_data_dir(settings.data_dir)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
@@ -176,6 +189,12 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         store,
         dict(app_spec.labels),
         default_click_model(tasks),
+        FairAdmission(
+            slots=settings.infer_workers,
+            capacity=settings.infer_queue_size,
+            per_user=settings.click_queue_per_user,
+            wait_s=settings.click_wait_s,
+        ),
     )
     return Services(
         settings=settings,
@@ -202,8 +221,37 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         device=device,
         device_names=device_names,
         failed_models=failed,
-        auth=AuthService.from_settings(settings),
+        audit=audit,
+        auth=AuthService.from_settings(settings, audit),
+        batch=BatchInferService(store, inference),
+        watcher=build_watcher(settings, app_spec, store, inference),
     )
+
+
+def build_watcher(
+    settings: Settings, app_spec: AppSpec, store: LocalDatastore | DicomWebDatastore, inference: InferenceService
+) -> PacsWatcher | None:
+    """The PACS watcher when asked for (it needs a DICOMweb datastore and an automatic model)."""
+    if not settings.watch_pacs:
+        return None
+    if not isinstance(store, DicomWebDatastore):
+        logger.error("ANNOTATE_WATCH_PACS is on but the studies are not a PACS (DICOMweb URL): no watcher")
+        return None
+    try:
+        return PacsWatcher(
+            store,
+            inference,
+            app_spec.preannotation,
+            WatchState(store.state_dir / "preannotation.sqlite"),
+            interval_s=settings.watch_interval_s,
+            concurrency=settings.watch_concurrency,
+            max_attempts=settings.watch_max_attempts,
+            retry_s=settings.watch_retry_s,
+            settle_s=settings.watch_settle_s,
+        )
+    except NotFoundError as exc:
+        logger.error("PACS watcher off: %s", exc)
+        return None
 
 
 def startup_summary(services: Services) -> str:
@@ -225,6 +273,13 @@ def startup_summary(services: Services) -> str:
         f"  logs:    {settings.log_file}",
         f"  auth:    {services.auth.describe()}",
     ]
+    if settings.ohif:
+        lines.append(f"  ohif:    {scheme}://{settings.host}:{settings.port}/ohif/ (DICOMweb via /proxy/dicom/)")
+    if services.watcher is not None:
+        watcher = services.watcher
+        lines.append(
+            f"  watcher: new PACS series -> {watcher.model} every {watcher.interval_s:g}s (GET /preannotation/)"
+        )
     return "\n".join(lines)
 
 
@@ -253,6 +308,9 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
             lambda: services.inference.pending, services.inference.cache, lambda: len(services.interactive.manager)
         )
         services.inference.observer = metrics.observe_inference
+        if services.watcher is not None:
+            metrics.preannotation_backlog.set_function(services.watcher.state.backlog)
+            services.watcher.start()
         tasks = [
             asyncio.create_task(_every(60, services.sessions.purge_expired)),
             asyncio.create_task(_every(60, services.interactive.manager.purge_expired)),
@@ -287,13 +345,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         docs_url=None,  # served from local files by install_offline_docs, not from a CDN
         redoc_url=None,
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_credentials=True,
-        allow_methods=["*"],
-        allow_headers=["*"],
-    )
+    install_cors(app, settings.cors_origins)
     install_error_handlers(app)
     install_offline_docs(app)
     install_request_metrics(app, metrics)
@@ -309,5 +361,6 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         app.include_router(router, dependencies=[Depends(authorize)])
     if settings.auth_enabled:
         app.include_router(auth_routes.router)
+    mount_ohif(app, settings)  # /ohif/ and its DICOMweb proxy when settings.ohif is on
     mount_viewer(app)  # static files at /viewer/, after every API route
     return app

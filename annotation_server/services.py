@@ -9,15 +9,18 @@ import time
 from dataclasses import dataclass, field
 
 from annotation_server.app_spec import AppSpec
+from annotation_server.audit.log import AuditLog
 from annotation_server.auth.service import AuthService
 from annotation_server.datastore import Datastore
 from annotation_server.federated.preannotations import PreannotationStore
 from annotation_server.federated.queue import FederatedQueue
+from annotation_server.inference.batch import BatchInferService
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.service import InteractiveService
 from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.jobs import TrainingJobs
 from annotation_server.learning.scoring import ScoringService
+from annotation_server.preannotation.watcher import PacsWatcher
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels
 from annotation_server.sessions import SessionStore
@@ -41,11 +44,18 @@ class Services:
     preannotations: PreannotationStore
     device: str
     device_names: list[str]
+    audit: AuditLog  # the site's audit trail (<data dir>/audit/), appended to by routers and AuthService
     failed_models: dict[str, str] = field(default_factory=dict)
+    batch: BatchInferService = None  # type: ignore[assignment]  # built in build_services
+    watcher: PacsWatcher | None = None  # the PACS watcher (ANNOTATE_WATCH_PACS on a DICOMweb datastore)
     auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.batch is not None:
+            self.batch.close()
         self.scoring.close()
         self.training.close()
         self.inference.close()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -61,7 +61,11 @@ class Settings(BaseSettings):
         "<user data dir>/deployments/<studies name>-<hash of the studies folder or DICOMweb URL>",
     )
     log_level: str = Field("info", description="Logging level: debug, info, warning, error")
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="Allowed CORS origins")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from other sites (comma-separated, e.g. "
+        "https://ohif.example.org); default none: same-origin only. '*' allows any origin but never with credentials",
+    )
     session_expiry_s: int = Field(3600, ge=1, description="Longest a MONAI Label session lives after its last use")
     next_sample_reservation_s: int = Field(
         1800,
@@ -111,6 +115,52 @@ class Settings(BaseSettings):
         min_length=32,
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
+
+    ohif: bool = Field(
+        False,
+        description="Serve OHIF v3 (from the installed monailabel package) at /ohif/ and proxy its DICOMweb "
+        "reads to the PACS at /proxy/dicom/qido and /proxy/dicom/wado",
+    )
+
+    watch_pacs: bool = Field(
+        False,
+        description="Pre-annotate series new in the PACS (DICOMweb datastore) with the app's automatic model, "
+        "written back as SEGs; series already there at the first start are left alone",
+    )
+    watch_interval_s: float = Field(30.0, gt=0, description="Seconds between polls of the PACS for new series")
+    watch_concurrency: int = Field(1, ge=1, description="Series pre-annotated at once (fetch, model, SEG)")
+    watch_max_attempts: int = Field(5, ge=1, description="Tries per series before it is reported as failed")
+    watch_retry_s: float = Field(
+        60.0, gt=0, description="Wait before the first retry of a failed series; doubled on each further failure"
+    )
+    watch_settle_s: float = Field(
+        60.0,
+        ge=0,
+        description="A new series is pre-annotated once its instance count has not changed for this many seconds",
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="Allow listening on a non-loopback address with auth off (everyone who can reach it is admin)",
+    )
+    click_wait_s: float = Field(
+        2.0, gt=0, le=60, description="Longest a click waits for the inference thread before 503 + Retry-After"
+    )
+    click_queue_per_user: int = Field(
+        2, ge=1, description="Clicks one user may have waiting (users are served round-robin); more get 503"
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated_origins(cls, value: Any) -> Any:
+        """`ANNOTATE_CORS_ORIGINS=https://a,https://b` (or a JSON list) becomes a list of origins."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod

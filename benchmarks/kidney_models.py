@@ -4,6 +4,9 @@
   crop and on the full-body CT, plus predicted kidney voxels farther than 20 mm from any true kidney voxel.
 - kidney_click: Dice after each of 5 simulated clicks per kidney (first click at the kidney's centre, then
   at the centre of the largest error), as for the region-growing tool.
+- Storage orders (issue 11): kidney_seg's kidney Dice and kidney_click's best Dice within 3 clicks on the
+  full-body CT as shipped (RAS NIfTI), re-stored LPS (NIfTI) and written as a standard axial DICOM series
+  (ImageOrientationPatient 1\\0\\0\\0\\1\\0, the PACS case), each read back through the server's reader.
 - Timing on this machine: whole inference (read from memory, preprocess, sliding window, invert) against
   the raw network forward pass measured in the same run.
 
@@ -15,17 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from annotation_server.evaluation.clicks import dice, simulate_clicks
-from annotation_server.imaging import read_volume
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
+from annotation_server.imaging import Geometry, Volume, read_volume, write_volume
+from annotation_server.imaging.dicom_export import write_ct_series
 from annotation_server.inference.bundle_task import BundleSegmentationTask
 from annotation_server.inference.click_task import BundleClickTask
+from annotation_server.inference.model_space import volume_to_metatensor
 from annotation_server.inference.params import InferParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +40,52 @@ CASES = {
     "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
 }
 FAR_MM = 20.0
+
+
+def storage_copies(folder: Path, scratch: Path) -> dict[str, tuple[Volume, np.ndarray]]:
+    """The full-body CT and its labels as RAS NIfTI, LPS NIfTI and an axial DICOM series, read back from disk."""
+    ct = read_volume(folder / "example_ct.nii.gz")
+    labels = read_volume(folder / "example_seg_fast_force_split.nii.gz").array
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(ct.geometry.affine), nib.orientations.axcodes2ornt("LPS")
+    )
+    lps_array = np.ascontiguousarray(nib.orientations.apply_orientation(ct.array, transform))
+    lps_labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, transform))
+    lps_geometry = Geometry(
+        lps_array.shape, ct.geometry.affine @ nib.orientations.inv_ornt_aff(transform, ct.array.shape)
+    )
+    write_volume(lps_array, lps_geometry, scratch / "lps.nii.gz")
+    write_ct_series(Volume(array=lps_array, geometry=lps_geometry), scratch / "dicom_axial")
+    copies = {
+        "ras_nifti": (ct, labels),
+        "lps_nifti": (read_volume(scratch / "lps.nii.gz"), lps_labels),
+        "dicom_axial": (read_volume(scratch / "dicom_axial"), lps_labels),
+    }
+    for name, (volume, _) in copies.items():
+        if name != "ras_nifti" and not volume.geometry.matches(lps_geometry):
+            raise RuntimeError(f"{name} did not read back onto the LPS grid: {volume.geometry.describe()}")
+    return copies
+
+
+def evaluate_storage(seg: BundleSegmentationTask, click: BundleClickTask, folder: Path) -> dict[str, dict[str, object]]:
+    report: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (volume, labels) in storage_copies(folder, Path(scratch)).items():
+            truth = np.isin(labels, (2, 3))
+            mask = seg.infer(volume, InferParams()).mask > 0
+            clicks = {}
+            for side, value in (("right", 2), ("left", 3)):
+
+                def segment(fg: list, bg: list, volume=volume) -> np.ndarray:  # type: ignore[no-untyped-def]
+                    return click.infer(volume, InferParams(foreground=fg, background=bg)).mask
+
+                clicks[side] = round(max(simulate_clicks(segment, labels == value, 3)), 4)
+            report[name] = {
+                "axcodes": volume.geometry.axcodes,
+                "kidney_seg_kidney_dice": round(dice(mask, truth), 4),
+                "kidney_click_dice_3": clicks,
+            }
+    return report
 
 
 def _median_time(run, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -117,6 +169,7 @@ def main() -> None:
                     "sha256": click.bundle.sha256,
                     **evaluate_click(click, folder, args.clicks),
                 },
+                "full_ct_by_storage": evaluate_storage(seg, click, folder),
             },
             indent=2,
         )

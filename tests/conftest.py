@@ -115,11 +115,16 @@ class LiveServer:
     """A real `annotate-server` process on 127.0.0.1, stopped by its PID."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 60, scheme: str = "http"
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        timeout_s: float = 60,
+        scheme: str = "http",
+        host: str = "127.0.0.1",  # where it listens; tests always talk to it over 127.0.0.1
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "annotation_server", *args, "--port", str(self.port), "--host", "127.0.0.1"]
+        cmd = [sys.executable, "-m", "annotation_server", *args, "--port", str(self.port), "--host", host]
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             cmd,

@@ -21,6 +21,7 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ImageAdded, LabelHistory, LabelSaved, ScanResult
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal
 from annotation_server.checksums import file_digest
@@ -93,8 +94,11 @@ async def upload_image(
     params: str | None = Form("{}"),
     file: UploadFile = File(...),
     services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
 ) -> ImageAdded:
-    return await _add_image(image, params, file, services)
+    added = await _add_image(image, params, file, services)
+    await audit.arecord("image.add", added.image)
+    return added
 
 
 @router.put("/datastore/", response_model=ImageAdded, include_in_schema=False)
@@ -103,20 +107,29 @@ async def upload_image_deprecated(
     params: str | None = Form("{}"),
     file: UploadFile = File(...),
     services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
 ) -> ImageAdded:
     """MONAI Label's deprecated upload path, still used by 3D Slicer and the Python client."""
-    return await _add_image(image, params, file, services)
+    added = await _add_image(image, params, file, services)
+    await audit.arecord("image.add", added.image)
+    return added
 
 
 @router.delete("/datastore/image", summary="Remove an image (moved to the store's trash; labels kept)")
-def delete_image(id: str = Query(...), services: Services = Depends(get_services)) -> dict[str, Any]:
+def delete_image(
+    id: str = Query(...), services: Services = Depends(get_services), audit: Audit = Depends(request_audit)
+) -> dict[str, Any]:
     services.datastore.delete_image(id)
+    audit.record("image.delete", id)
     return {}
 
 
 @router.delete("/datastore/", include_in_schema=False)
-def delete_image_deprecated(id: str = Query(...), services: Services = Depends(get_services)) -> dict[str, Any]:
+def delete_image_deprecated(
+    id: str = Query(...), services: Services = Depends(get_services), audit: Audit = Depends(request_audit)
+) -> dict[str, Any]:
     services.datastore.delete_image(id)
+    audit.record("image.delete", id)
     return {}
 
 
@@ -171,6 +184,7 @@ async def save_label(
     label: UploadFile = File(..., description="labelmap on the image's grid (.nii.gz, .nrrd, .seg.nrrd, ...)"),
     services: Services = Depends(get_services),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> LabelSaved:
     info = parse_json_object(params)
     ds = services.datastore
@@ -185,6 +199,7 @@ async def save_label(
         )
     finally:
         target.unlink(missing_ok=True)
+    await audit.arecord("label.save", saved.image_id, tag=saved.tag, version=saved.version, author=author)
     return LabelSaved(
         image=saved.image_id,
         label=saved.image_id,
@@ -195,8 +210,14 @@ async def save_label(
 
 
 @router.delete("/datastore/label", summary="Retire a label tag (every version stays in the history)")
-def delete_label(id: str = Query(...), tag: str = Query(...), services: Services = Depends(get_services)) -> dict:
+def delete_label(
+    id: str = Query(...),
+    tag: str = Query(...),
+    services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
+) -> dict:
     services.datastore.delete_label(id, tag)
+    audit.record("label.retire", id, tag=tag)
     return {}
 
 
@@ -264,7 +285,11 @@ def update_label_info_deprecated(
 
 # ------------------------------------------------------------------------------------------- dataset
 @router.get("/datastore/dataset", summary="Zip of labeled images with their final labels and metadata.json")
-def dataset(limit_cases: int | None = Query(None, ge=1), services: Services = Depends(get_services)) -> Response:
+def dataset(
+    limit_cases: int | None = Query(None, ge=1),
+    services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
+) -> Response:
     ds = services.datastore
     buffer = io.BytesIO()
     metadata: dict[str, Any] = {}
@@ -283,6 +308,7 @@ def dataset(limit_cases: int | None = Query(None, ge=1), services: Services = De
             if limit_cases is not None and pairs >= limit_cases:
                 break
         archive.writestr("metadata.json", json.dumps(metadata, indent=2))
+    audit.record("dataset.export", None, cases=pairs, images=sorted(metadata))
     return Response(
         buffer.getvalue(),
         media_type="application/zip",

@@ -15,6 +15,7 @@ from annotation_server.errors import (
     AlreadyRunningError,
     BusyError,
     ConflictError,
+    ForbiddenError,
     InvalidRequestError,
     NotFoundError,
     UnsupportedFormatError,
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
+    (ForbiddenError, 403),
     (AlreadyRunningError, 429),
     (UnsupportedFormatError, 415),
     (ConflictError, 409),

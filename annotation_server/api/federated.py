@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal
 from annotation_server.federated.effort import Bucket, EffortReport, build_effort_report, render_effort_png
@@ -99,8 +100,11 @@ def approve_entry(
     body: ApproveRequest = Body(default_factory=ApproveRequest),
     queue: FederatedQueue = Depends(get_queue),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> QueueEntry:
-    return queue.approve(entry_id, acting_user(principal, body.reviewer))
+    entry = queue.approve(entry_id, acting_user(principal, body.reviewer), four_eyes=principal.authenticated)
+    audit.record("fl.approve", entry.image_id, entry=entry.id, version=entry.label_version, reviewer=entry.reviewer)
+    return entry
 
 
 @router.post("/fl/queue/{entry_id}/exclude", response_model=QueueEntry, summary="Keep an entry out of training")
@@ -109,8 +113,14 @@ def exclude_entry(
     entry_id: int = EntryId,
     queue: FederatedQueue = Depends(get_queue),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> QueueEntry:
-    return queue.exclude(entry_id, body.reason, acting_user(principal, body.reviewer))
+    entry = queue.exclude(entry_id, body.reason, acting_user(principal, body.reviewer))
+    audit.record(
+        "fl.exclude", entry.image_id, entry=entry.id, version=entry.label_version, reason=entry.reason,
+        reviewer=entry.reviewer,
+    )  # fmt: skip
+    return entry
 
 
 @router.get("/fl/effort", response_model=EffortReport, summary="Annotation effort: AI-assisted vs manual labels")

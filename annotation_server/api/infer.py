@@ -17,6 +17,7 @@ from annotation_server.api.deps import get_services
 from annotation_server.api.multipart import multipart_result
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal
 from annotation_server.dicomweb.seg import seg_for_result
@@ -107,6 +108,7 @@ async def infer(
     label: UploadFile | None = File(None, description="an input label (scribbles); not used by current models"),
     services: Services = Depends(get_services),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> Response:
     services.inference.task(model)  # unknown model: 404 before any upload is stored
     parsed = parse_infer_params(params)
@@ -124,6 +126,8 @@ async def infer(
         _remove(cleanup)
         raise
     cleanup.append(outcome.result_path)
+    if saved := outcome.params.get("saved_label"):  # save_label: the model's result became a label version
+        await audit.arecord("label.save", source.image_id, **saved, author=parsed.client_id, model=model)
     if output is InferOutput.dicom_seg:
         return await _dicom_seg_answer(services, model, source, outcome, cleanup)
     if output is InferOutput.json:

@@ -27,14 +27,44 @@ from starlette.responses import FileResponse
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
-from annotation_server.auth.roles import Principal
+from annotation_server.auth.roles import Principal, Role
+from annotation_server.errors import ForbiddenError
 from annotation_server.imaging import write_volume
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, split_extension
 from annotation_server.interactive.prompts import Prompt
 from annotation_server.services import Services
 
 router = CompatRouter(prefix="", tags=["interactive"])
+
+
+def _owner_name(principal: Principal) -> str | None:
+    """Who a new session belongs to: the logged-in user; nobody in particular while auth is off."""
+    return principal.username if principal.authenticated else None
+
+
+def _check_owner(services: Services, principal: Principal, session_id: str, closing: bool = False) -> None:
+    """A session is its creator's: others get 403; an admin may close (not drive) another user's session.
+    With auth off every caller is the same anonymous admin and nothing is checked (one dict lookup)."""
+    if not principal.authenticated:
+        return
+    owner = services.interactive.manager.owner(session_id)
+    if owner is None or owner == principal.username or (closing and principal.has(Role.admin)):
+        return
+    what = "close" if closing else "use"
+    who = "its owner or an admin" if closing else "only its owner"
+    raise ForbiddenError(
+        f"interactive session '{session_id}' belongs to '{owner}'; user '{principal.username}' may not {what} it "
+        f"({who} may). Open your own session with POST /interactive/sessions"
+    )
+
+
+async def owned(
+    session_id: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)
+) -> None:
+    """Route dependency: the caller may use this session (see _check_owner)."""
+    _check_owner(services, principal, session_id)
 
 
 class OpenSession(BaseModel):
@@ -100,9 +130,14 @@ class Saved(BaseModel):
 
 
 @router.post("/interactive/sessions", response_model=SessionState, summary="Open a session on a datastore image")
-async def open_session(body: OpenSession, services: Services = Depends(get_services)) -> dict[str, Any]:
+async def open_session(
+    body: OpenSession,
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
+) -> dict[str, Any]:
     session = await run_in_threadpool(
         services.interactive.open,
+        owner=_owner_name(principal),
         image_id=body.image,
         model=body.model,
         label=body.label,
@@ -115,7 +150,10 @@ async def open_session(body: OpenSession, services: Services = Depends(get_servi
 
 @router.post("/interactive/sessions/upload", response_model=SessionState, summary="Open a session on an upload")
 async def open_upload_session(
-    file: UploadFile = File(...), params: str | None = Form("{}"), services: Services = Depends(get_services)
+    file: UploadFile = File(...),
+    params: str | None = Form("{}"),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> dict[str, Any]:
     options = OpenSession.model_validate({"image": "upload", **parse_json_object(params)})
     name = upload_name(file)
@@ -127,6 +165,7 @@ async def open_upload_session(
         session = await run_in_threadpool(
             services.interactive.open,
             upload=target,
+            owner=_owner_name(principal),
             model=options.model,
             label=options.label,
             client_id=options.client_id,
@@ -139,11 +178,20 @@ async def open_upload_session(
 
 
 @router.get("/interactive/sessions", summary="Open sessions (in memory or spilled to disk)")
-def list_sessions(services: Services = Depends(get_services)) -> list[dict[str, Any]]:
-    return services.interactive.manager.sessions()
+def list_sessions(
+    services: Services = Depends(get_services), principal: Principal = Depends(current_principal)
+) -> list[dict[str, Any]]:
+    """Admins (and everyone while auth is off) see all sessions; others their own."""
+    mine = None if principal.has(Role.admin) else principal.username
+    return services.interactive.manager.sessions(owner=mine)
 
 
-@router.get("/interactive/sessions/{session_id}", response_model=SessionState, summary="Session state")
+@router.get(
+    "/interactive/sessions/{session_id}",
+    response_model=SessionState,
+    summary="Session state",
+    dependencies=[Depends(owned)],
+)
 def session_state(session_id: str, services: Services = Depends(get_services)) -> dict[str, Any]:
     return services.interactive.manager.get(session_id).describe()
 
@@ -152,6 +200,7 @@ def session_state(session_id: str, services: Services = Depends(get_services)) -
     "/interactive/sessions/{session_id}/prompt",
     response_model=DeltaAnswer,
     summary="Point, box, scribble or lasso; answers with the changed box only",
+    dependencies=[Depends(owned)],
 )
 async def prompt(session_id: str, body: PromptRequest, services: Services = Depends(get_services)) -> JSONResponse:
     # Returned as a ready JSONResponse: the answer is built by the service in DeltaAnswer's shape (the model
@@ -159,22 +208,51 @@ async def prompt(session_id: str, body: PromptRequest, services: Services = Depe
     return JSONResponse(await services.interactive.prompt(session_id, body.prompt, body.new_object))
 
 
-@router.post("/interactive/sessions/{session_id}/undo", response_model=DeltaAnswer, summary="Undo the last change")
+@router.post(
+    "/interactive/sessions/{session_id}/undo",
+    response_model=DeltaAnswer,
+    summary="Undo the last change",
+    dependencies=[Depends(owned)],
+)
 async def undo(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
     return JSONResponse(await services.interactive.undo(session_id))
 
 
-@router.post("/interactive/sessions/{session_id}/redo", response_model=DeltaAnswer, summary="Redo an undone change")
+@router.post(
+    "/interactive/sessions/{session_id}/redo",
+    response_model=DeltaAnswer,
+    summary="Redo an undone change",
+    dependencies=[Depends(owned)],
+)
 async def redo(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
     return JSONResponse(await services.interactive.redo(session_id))
 
 
-@router.post("/interactive/sessions/{session_id}/reset", response_model=DeltaAnswer, summary="Clear the mask")
-async def reset(session_id: str, services: Services = Depends(get_services)) -> JSONResponse:
-    return JSONResponse(await services.interactive.reset(session_id))
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    locked_labels: list[str] = Field(default_factory=list, description="labels whose voxels the reset keeps")
 
 
-@router.get("/interactive/sessions/{session_id}/mask", summary="The whole label map (.nii.gz on the image grid)")
+@router.post(
+    "/interactive/sessions/{session_id}/reset",
+    response_model=DeltaAnswer,
+    summary="Clear the mask",
+    dependencies=[Depends(owned)],
+)
+async def reset(
+    session_id: str,
+    body: ResetRequest = Body(default_factory=ResetRequest),
+    services: Services = Depends(get_services),
+) -> JSONResponse:
+    return JSONResponse(await services.interactive.reset(session_id, body.locked_labels))
+
+
+@router.get(
+    "/interactive/sessions/{session_id}/mask",
+    summary="The whole label map (.nii.gz on the image grid)",
+    dependencies=[Depends(owned)],
+)
 async def full_mask(session_id: str, services: Services = Depends(get_services)) -> Response:
     session = services.interactive.manager.get(session_id)
     volume = services.inference.cache.get(Path(session.image_path))
@@ -191,19 +269,31 @@ async def full_mask(session_id: str, services: Services = Depends(get_services))
     )
 
 
-@router.post("/interactive/sessions/{session_id}/save", response_model=Saved, summary="Save as a new label version")
+@router.post(
+    "/interactive/sessions/{session_id}/save",
+    response_model=Saved,
+    summary="Save as a new label version",
+    dependencies=[Depends(owned)],
+)
 async def save(
     session_id: str,
     body: SaveRequest = Body(default_factory=SaveRequest),
     services: Services = Depends(get_services),
     principal: Principal = Depends(current_principal),
+    audit: Audit = Depends(request_audit),
 ) -> Saved:
     author = acting_user(principal, body.client_id)  # with auth on, the logged-in user
     label = await run_in_threadpool(services.interactive.save, session_id, body.tag, author, body.image, body.info)
+    await audit.arecord(
+        "label.save", label.image_id, tag=label.tag, version=label.version, author=author, session=session_id
+    )
     return Saved(image=label.image_id, tag=label.tag, version=label.version)
 
 
 @router.delete("/interactive/sessions/{session_id}", summary="Close a session (unsaved changes are discarded)")
-def close(session_id: str, services: Services = Depends(get_services)) -> dict[str, Any]:
+def close(
+    session_id: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)
+) -> dict[str, Any]:
+    _check_owner(services, principal, session_id, closing=True)
     services.interactive.manager.remove(session_id)
     return {}

@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.task_status import task_status
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.learning.finetune import labeled_images
 from annotation_server.learning.jobs import FINISHED, TrainJob, read_events
@@ -40,17 +41,23 @@ def start_training(
     model: str,
     params: Any = Body(None, description="e.g. {'max_epochs': 10, 'val_split': 0.2}; client_id is ignored"),
     services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
 ) -> TrainJob:
-    return services.training.start(model, _params(params), labeled_images(services.datastore))
+    job = services.training.start(model, _params(params), labeled_images(services.datastore))
+    audit.record("train.start", model, job=job.id, params=_params(params))
+    return job
 
 
 @router.post("/train/", summary="Deprecated MONAI Label form: train every trainable model (one at a time)")
-def start_all(params: Any = Body(None), services: Services = Depends(get_services)) -> dict[str, Any]:
+def start_all(
+    params: Any = Body(None), services: Services = Depends(get_services), audit: Audit = Depends(request_audit)
+) -> dict[str, Any]:
     body = _params(params)
     if not services.training.trainable:
         raise NotFoundError("this app has no trainable models")
     model = services.training.trainable[0]
     job = services.training.start(model, body.get(model) or {}, labeled_images(services.datastore))
+    audit.record("train.start", model, job=job.id, params=body.get(model) or {})
     return {model: {"result": job.model_dump(), "detail": None}}
 
 

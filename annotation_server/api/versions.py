@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.audit.context import Audit, request_audit
 from annotation_server.errors import NotFoundError
 from annotation_server.registry import ModelVersion, RegistryEvent
 from annotation_server.services import Services
@@ -53,10 +54,17 @@ def list_versions(model: str, services: Services = Depends(get_services)) -> Ver
 
 
 @router.post("/models/{model}/promote", response_model=ModelVersion, summary="Serve a version now (no restart)")
-def promote(model: str, body: PromoteRequest, services: Services = Depends(get_services)) -> ModelVersion:
+def promote(
+    model: str,
+    body: PromoteRequest,
+    services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
+) -> ModelVersion:
     _known(services, model)
     actor = body.client_id or "api"
-    return services.serving.promote(model, body.version, actor=actor, reason=body.reason or "promoted by API")
+    promoted = services.serving.promote(model, body.version, actor=actor, reason=body.reason or "promoted by API")
+    audit.record("model.promote", model, version=promoted.version, reason=body.reason)
+    return promoted
 
 
 @router.post("/models/{model}/rollback", response_model=ModelVersion, summary="Serve the previous version again")
@@ -64,7 +72,10 @@ def rollback(
     model: str,
     body: RollbackRequest = Body(default_factory=RollbackRequest),
     services: Services = Depends(get_services),
+    audit: Audit = Depends(request_audit),
 ) -> ModelVersion:
     _known(services, model)
     actor = body.client_id or "api"
-    return services.serving.rollback(model, body.to, actor=actor, reason=body.reason or "rolled back by API")
+    restored = services.serving.rollback(model, body.to, actor=actor, reason=body.reason or "rolled back by API")
+    audit.record("model.rollback", model, version=restored.version, reason=body.reason)
+    return restored

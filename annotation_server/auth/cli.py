@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from annotation_server.auth.roles import Role
-from annotation_server.cli_support import StudiesOption, console, or_exit, settings_from
+from annotation_server.cli_support import StudiesOption, cli_actor, cli_audit, console, or_exit, settings_from
 
 if TYPE_CHECKING:
     from annotation_server.auth.users import UserStore
@@ -75,6 +75,7 @@ def users_add(
         raise typer.Exit(2)
     password = _password(password_stdin)
     user = or_exit(lambda: store.add(name, role.value, password))
+    cli_audit(data_dir, studies).record("user.add", cli_actor(), None, user.username, role=user.role.value)
     typer.echo(f"added user '{user.username}' with role {user.role.value} ({store.path})")
 
 
@@ -114,6 +115,7 @@ def users_passwd(
         raise typer.Exit(2)
     password = _password(password_stdin)
     or_exit(lambda: store.set_password(name, password))
+    cli_audit(data_dir, studies).record("user.passwd", cli_actor(), None, name)
     typer.echo(f"password of '{name}' changed; their open logins must log in again")
 
 
@@ -126,7 +128,11 @@ def users_role(
 ) -> None:
     """Change a user's role (takes effect on their next request)."""
     store = _store(data_dir, studies)
+    before = store.get(name)
     user = or_exit(lambda: store.set_role(name, role.value))
+    cli_audit(data_dir, studies).record(
+        "user.role", cli_actor(), None, user.username, role=user.role.value, was=before.role.value if before else None
+    )
     typer.echo(f"'{user.username}' now has role {user.role.value}")
 
 
@@ -135,4 +141,5 @@ def users_remove(name: NameArg, data_dir: DataDirOption = None, studies: Studies
     """Remove a user; their tokens stop working at once. Labels they saved keep their name as author."""
     store = _store(data_dir, studies)
     or_exit(lambda: store.remove(name))
+    cli_audit(data_dir, studies).record("user.remove", cli_actor(), None, name)
     typer.echo(f"removed user '{name}'")

@@ -30,6 +30,7 @@ RULES: tuple[Rule, ...] = (
     # reads that expose more than one study at a time, or server internals
     Rule(READ, "/logs", Role.admin),
     Rule(READ, "/datastore/dataset", Role.admin),
+    Rule(READ, "/audit", Role.admin),
     Rule(READ, "*", Role.user),
     # review
     Rule(WRITE, "/fl/queue/*/approve", Role.reviewer),
@@ -37,6 +38,7 @@ RULES: tuple[Rule, ...] = (
     # running the site
     Rule(WRITE, "/train*", Role.admin),
     Rule(WRITE, "/scoring*", Role.admin),
+    Rule(WRITE, "/batch/*", Role.admin),  # batch inference: start, stop (MONAI Label: admin)
     Rule(WRITE, "/models/*", Role.admin),
     Rule(frozenset({"DELETE"}), "/datastore*", Role.admin),
     # annotating

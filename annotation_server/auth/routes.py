@@ -9,7 +9,7 @@ from fastapi import Depends, Form, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from annotation_server.api.routing import CompatRouter
-from annotation_server.auth.dependencies import current_principal
+from annotation_server.auth.dependencies import bearer, current_principal
 from annotation_server.auth.roles import Principal
 from annotation_server.auth.service import AuthenticationError, AuthService
 from annotation_server.auth.throttle import TooManyAttemptsError
@@ -49,6 +49,17 @@ async def token(
         "username": issued.principal.username,
         "roles": issued.principal.roles,
     }
+
+
+@router.post("/auth/logout", summary="Log out: the bearer token is revoked and refused from now on (401 after)")
+async def logout(request: Request, token: str | None = Depends(bearer)) -> dict[str, Any]:
+    auth: AuthService = request.app.state.services.auth
+    try:
+        address = request.client.host if request.client else "unknown"
+        username = await run_in_threadpool(auth.logout, token, address)
+    except AuthenticationError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    return {"username": username, "revoked": True}
 
 
 @router.get("/auth/token/valid", summary="The logged-in user (401 when the bearer token is missing or invalid)")

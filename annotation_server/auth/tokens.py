@@ -29,6 +29,7 @@ class TokenClaims:
     username: str
     generation: int
     expires_ts: float
+    token_id: str  # the `jti` claim: what POST /auth/logout revokes
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -66,6 +67,7 @@ class TokenSigner:
             "preferred_username": username,  # where Keycloak-minded tools look for the name
             "realm_access": {"roles": roles},  # informational; the server re-reads roles from the user store
             "gen": generation,
+            "jti": secrets.token_urlsafe(16),
             "iat": issued,
             "exp": issued + self.lifetime_s,
         }
@@ -78,7 +80,7 @@ class TokenSigner:
                 self._secret,
                 algorithms=[ALGORITHM],  # fixed: a token cannot choose its own (e.g. "none") algorithm
                 issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss", "jti"]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidTokenError("token expired") from None
@@ -87,6 +89,8 @@ class TokenSigner:
         except jwt.PyJWTError as exc:
             raise InvalidTokenError(f"token not accepted ({exc})") from None
         generation = claims.get("gen")
-        if not isinstance(generation, int) or not isinstance(claims["sub"], str):
+        if not isinstance(generation, int) or not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
             raise InvalidTokenError("token not accepted (claims missing)")
-        return TokenClaims(username=claims["sub"], generation=generation, expires_ts=float(claims["exp"]))
+        return TokenClaims(
+            username=claims["sub"], generation=generation, expires_ts=float(claims["exp"]), token_id=claims["jti"]
+        )

@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS users (
     created_ts REAL NOT NULL,
     updated_ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    token_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    expires_ts REAL NOT NULL
+);
 """
 
 
@@ -120,7 +125,22 @@ class UserStore:
         ok = verify_password(password, stored)
         return self._user(row) if ok and row is not None else None
 
+    def is_revoked(self, token_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM revoked_tokens WHERE token_id = ?", (token_id,)).fetchone()
+        return row is not None
+
     # ----------------------------------------------------------------------------------------- writes
+    def revoke(self, token_id: str, username: str, expires_ts: float) -> None:
+        """Refuse this token from now on (logout). Rows of tokens that expired anyway are dropped here, so the
+        table holds at most the tokens of one token lifetime."""
+        with immediate_transaction(self._conn, self._lock) as conn:
+            conn.execute("DELETE FROM revoked_tokens WHERE expires_ts < ?", (time.time(),))
+            conn.execute(
+                "INSERT OR IGNORE INTO revoked_tokens (token_id, username, expires_ts) VALUES (?, ?, ?)",
+                (token_id, username, expires_ts),
+            )
+
     def add(self, username: str, role: str, password: str) -> User:
         check_username(username)
         stored, parsed, now = _password(password), _role(role), time.time()

@@ -95,7 +95,17 @@ class PacsClient:
     # ------------------------------------------------------------------------------------------ QIDO
     def search_series(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every series (DICOM JSON) matching `filters`, following the PACS's paging."""
-        fields = ["StudyDate", "StudyDescription", "PatientID", "SeriesDescription", "SeriesNumber", "Modality"]
+        fields = [
+            "StudyDate",
+            "StudyTime",
+            "StudyDescription",
+            "PatientID",
+            "SeriesDescription",
+            "SeriesNumber",
+            "Modality",
+            "BodyPartExamined",
+            "NumberOfSeriesRelatedInstances",
+        ]
         return self._call(
             "a series search (QIDO-RS)",
             lambda: self._client.search_for_series(search_filters=filters or {}, fields=fields, get_remaining=True),

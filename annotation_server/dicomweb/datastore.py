@@ -48,6 +48,8 @@ from annotation_server.imaging import Geometry, Volume, read_volume
 logger = logging.getLogger(__name__)
 
 # Series that are not images to annotate (derived objects, documents, our own SEGs).
+ORIGINAL_TAG = "original"  # MONAI Label's tag for a model's own output (batch inference, pre-annotation)
+WRITE_BACK_TAGS = (FINAL_TAG, ORIGINAL_TAG)  # the labels that become SEGs in the PACS
 RAW_LABEL_EXT = ".bin"  # OHIF v3 sends labels as raw voxels named label.bin
 NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC"})
 _INFO_TAGS = {
@@ -58,8 +60,10 @@ _INFO_TAGS = {
     "00200011": "SeriesNumber",
     "00100020": "PatientID",
     "00080020": "StudyDate",
+    "00080030": "StudyTime",
     "00081030": "StudyDescription",
     "00201209": "NumberOfSeriesRelatedInstances",
+    "00180015": "BodyPartExamined",
 }
 
 
@@ -72,6 +76,9 @@ def _series_info(item: Mapping[str, Any]) -> dict[str, Any]:
             value = values[0]
             info[name] = value if isinstance(value, int | float) else str(value)
     return info
+
+
+series_info = _series_info  # public name for the PACS watcher
 
 
 class DicomWebDatastore:
@@ -211,8 +218,21 @@ class DicomWebDatastore:
         return self.local.image_download(image_id)
 
     def image_info(self, image_id: str) -> dict[str, Any]:
+        """Index info plus the study keys OHIF's Next Sample dialog shows (and reloads the page with)."""
         self.get_image(image_id)
-        return {**self.local.image_info(image_id), "source": self.client.url}
+        info = {**self.local.image_info(image_id), "source": self.client.url}
+        if "StudyTime" not in info or "StudyInstanceUID" not in info:  # indexed before these were kept
+            try:
+                found = self.client.search_series({"SeriesInstanceUID": image_id})
+            except AnnotationServerError as exc:
+                logger.warning("study fields of %s not refreshed: %s", image_id, exc)
+                found = []
+            if found:
+                fresh = {k: v for k, v in _series_info(found[0]).items() if k not in info}
+                info.update(fresh)
+                self.local.update_image_info(image_id, fresh)
+        info.setdefault("StudyTime", "")
+        return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
         self.get_image(image_id)
@@ -285,8 +305,8 @@ class DicomWebDatastore:
         return self._after_save(label, array)
 
     def _after_save(self, label: LabelVersion, array: np.ndarray | None) -> LabelVersion:
-        """Write a saved final label back as a SEG; on failure the version stays saved, marked pending."""
-        if label.tag != FINAL_TAG:
+        """Write a saved final (or model `original`) label back as a SEG; on failure it stays saved, marked pending."""
+        if label.tag not in WRITE_BACK_TAGS:
             return label
         self.retry_pending_writebacks(skip=(label.image_id,))
         return self._write_back(label, array)
@@ -330,7 +350,10 @@ class DicomWebDatastore:
             geometry,
             folder,
             self.label_names,
-            SegOrigin(model=label.source.model, model_version=label.source.model_version, manual=True),
+            # `original` is the model's output alone (AUTOMATIC); `final` was made or corrected by a person
+            SegOrigin(
+                model=label.source.model, model_version=label.source.model_version, manual=label.tag != ORIGINAL_TAG
+            ),
             series_uid=series_uid,
             sop_uid=sop_uid,
             instance_number=label.version,
@@ -338,12 +361,12 @@ class DicomWebDatastore:
         )
 
     def retry_pending_writebacks(self, skip: tuple[str, ...] = ()) -> int:
-        """Write back every latest final label whose SEG did not reach the PACS; returns how many now did."""
+        """Write back every latest final/original label whose SEG did not reach the PACS; returns how many did."""
         done = 0
         for image_id, heads in self.index.all_heads().items():
             for head in heads:
                 status = (head.info.get("dicom_seg") or {}).get("status")
-                if head.tag != FINAL_TAG or image_id in skip or status != "pending":
+                if head.tag not in WRITE_BACK_TAGS or image_id in skip or status != "pending":
                     continue
                 retried = self._write_back(head, None)
                 if retried.info["dicom_seg"]["status"] == "stored":

@@ -76,6 +76,7 @@ def read_source_headers(folder: Path) -> tuple[Geometry, list[pydicom.Dataset]]:
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty means the default repertoire; highdicom refuses ''
         headers.append(ds)
+    _complete_type2(headers, geometry, folder)
     blank = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not headers[0].get(k)]
     if blank:
         raise InvalidRequestError(
@@ -83,6 +84,46 @@ def read_source_headers(folder: Path) -> tuple[Geometry, list[pydicom.Dataset]]:
             "could not reference it; store the series in a PACS (which assigns UIDs) or use output=image"
         )
     return geometry, headers
+
+
+# Type 2 attributes of the modules a SEG copies from its source (Patient, General Study): they must be
+# present but may be empty, and real exports drop them. An empty value is what DICOM itself prescribes.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _complete_type2(headers: list[pydicom.Dataset], geometry: Geometry, folder: Path) -> None:
+    """Fill what a SEG needs from the source but the export left out (in memory only; the files are untouched).
+
+    - missing Type 2 patient/study attributes become empty (their DICOM meaning: unknown);
+    - a missing or empty SliceThickness becomes the slice spacing measured from the positions (the SEG's
+      pixel measures need a value; the grid itself never used SliceThickness);
+    - a missing or empty FrameOfReferenceUID (Type 1 in a SEG) becomes a UID derived from the series UID,
+      the same for every slice and every SEG of this series, so a viewer still finds them in one frame.
+    """
+    step = float(geometry.spacing[2])
+    series_uid = str(headers[0].get("SeriesInstanceUID", "") or folder.name)
+    frame = next((str(ds.FrameOfReferenceUID) for ds in headers if ds.get("FrameOfReferenceUID")), "")
+    if not frame:
+        frame = stable_uid("frame-of-reference", series_uid)
+        logger.warning("DICOM series %s has no FrameOfReferenceUID; its SEG uses the derived %s", folder, frame)
+    for ds in headers:
+        for name in _TYPE2_COPIED:
+            if name not in ds:
+                setattr(ds, name, "")
+        if not ds.get("SliceThickness"):
+            ds.SliceThickness = round(step, 6)
+        if not ds.get("FrameOfReferenceUID"):
+            ds.FrameOfReferenceUID = frame
 
 
 def _descriptions(values: list[int], names: Mapping[str, int], origin: SegOrigin) -> list[hd.seg.SegmentDescription]:
@@ -134,21 +175,44 @@ def build_seg(
     frames = np.ascontiguousarray(np.transpose(values, (2, 1, 0))).astype(np.uint8 if top < 256 else np.uint16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # single-component PatientName etc. in real headers
-        return hd.seg.Segmentation(
-            source_images=headers,
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=_descriptions(list(range(1, top + 1)), names, origin),
-            series_instance_uid=series_uid,
-            series_number=9901,
-            sop_instance_uid=sop_uid,
-            instance_number=instance_number,
-            manufacturer="annotation-server",
-            manufacturer_model_name="annotation-server",
-            software_versions=__version__,
-            device_serial_number="0",
-            series_description=series_description[:64],
-        )
+        try:
+            return _segmentation(
+                headers, frames, top, names, origin, series_uid, sop_uid, instance_number, series_description
+            )
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:  # highdicom's verdict on the headers
+            logger.warning("DICOM SEG for %s refused by highdicom: %r", folder, exc)
+            raise InvalidRequestError(
+                f"the DICOM series '{folder.name}' cannot be referenced by a DICOM SEG: {exc}. Fix that attribute "
+                "in the series (or store it in a PACS that completes it), or ask for output=image"
+            ) from exc
+
+
+def _segmentation(
+    headers: list[pydicom.Dataset],
+    frames: np.ndarray,
+    top: int,
+    names: dict[str, int],
+    origin: SegOrigin,
+    series_uid: str,
+    sop_uid: str,
+    instance_number: int,
+    series_description: str,
+) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=headers,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_descriptions(list(range(1, top + 1)), names, origin),
+        series_instance_uid=series_uid,
+        series_number=9901,
+        sop_instance_uid=sop_uid,
+        instance_number=instance_number,
+        manufacturer="annotation-server",
+        manufacturer_model_name="annotation-server",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=series_description[:64],
+    )
 
 
 def decode_seg(seg: pydicom.Dataset, source_uids: list[str]) -> np.ndarray:

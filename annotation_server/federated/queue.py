@@ -19,7 +19,7 @@ from typing import Any
 
 from annotation_server.datastore.records import LabelVersion
 from annotation_server.datastore.sqlite import immediate_transaction, open_database
-from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError
+from annotation_server.errors import ConflictError, ForbiddenError, InvalidRequestError, NotFoundError
 from annotation_server.federated.entries import Effort, QueueEntry, QueueStatus
 
 QUEUE_FILENAME = "fl_queue.sqlite"
@@ -167,10 +167,18 @@ class FederatedQueue:
             )
         return entry_id
 
-    def approve(self, entry_id: int, reviewer: str = "reviewer") -> QueueEntry:
-        """A reviewer admits the entry to training (also re-admits an excluded one that is still the newest)."""
+    def approve(self, entry_id: int, reviewer: str = "reviewer", four_eyes: bool = False) -> QueueEntry:
+        """A reviewer admits the entry to training (also re-admits an excluded one that is still the newest).
+
+        `four_eyes` (set when the reviewer's name is proven by a login): nobody approves their own label, so
+        every label trained on was looked at by a second person; ForbiddenError (403) otherwise."""
         with self._transaction() as conn:
             entry = self._get(conn, entry_id)
+            if four_eyes and entry.annotator == reviewer:
+                raise ForbiddenError(
+                    f"entry {entry_id} is a label by '{reviewer}' and nobody approves their own: another "
+                    "reviewer must approve it (four-eyes rule); you may still exclude it"
+                )
             if entry.status is QueueStatus.eligible:
                 return entry
             self._refuse_if_replaced(conn, entry, "approve")

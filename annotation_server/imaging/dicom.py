@@ -18,7 +18,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 
-from annotation_server.errors import CorruptFileError, UnsupportedFormatError
+from annotation_server.errors import CorruptFileError, InvalidRequestError, UnsupportedFormatError
 from annotation_server.imaging.volume import RAS_FROM_LPS, Geometry, Volume
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,34 @@ def _slice_normal(ds: pydicom.Dataset) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
 
+# A slice may sit this far off the line through the first slice along the normal (mm, plus a fraction of
+# its distance from the first slice) before the series counts as tilted: header rounding stays well below.
+_TILT_ATOL_MM = 0.05
+_TILT_RTOL = 0.005  # ~0.3 degrees
+
+
+def _refuse_tilt(folder: Path, positions: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse a gantry-tilted (or otherwise sheared) series rather than place its slices where they are not.
+
+    Our grid puts slice k at first + k * step * normal. When ImagePositionPatient moves sideways from slice to
+    slice (a tilted gantry), that grid is a shear of the real one and every label would be off by up to the
+    sideways drift, so the series is refused with what to do instead.
+    """
+    if len(positions) < 2:
+        return
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    if np.any(sideways > _TILT_ATOL_MM + _TILT_RTOL * np.abs(along)):
+        degrees = float(np.degrees(np.arctan2(sideways[-1], abs(along[-1]) or 1.0)))
+        raise InvalidRequestError(
+            f"DICOM series '{folder.name}' is tilted: its slices drift {sideways.max():.1f} mm sideways from the "
+            f"slice normal (gantry tilt about {degrees:.1f} degrees, from ImagePositionPatient vs "
+            "ImageOrientationPatient). The server does not resample tilted series; resample it to an orthogonal "
+            "grid first (e.g. dcm2niix, or 3D Slicer's acquisition geometry regularization) and store that"
+        )
+
+
 def dicom_geometry(folder: Path) -> tuple[Geometry, list[Path], dict[str, Any]]:
     """Geometry of the largest series in `folder`, its slice files in spatial order, and identifying meta."""
     headers = _read_headers(folder)
@@ -104,6 +132,7 @@ def dicom_geometry(folder: Path) -> tuple[Geometry, list[Path], dict[str, Any]]:
             logger.warning("DICOM series %s has uneven slice spacing (%s); using the median", folder, steps)
     else:
         step = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
+    _refuse_tilt(folder, positions, normal)
     iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     lps = np.eye(4)

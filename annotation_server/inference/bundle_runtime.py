@@ -16,36 +16,27 @@ from typing import Any
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import Compose, Invertd, LoadImage, LoadImaged, SaveImage, SaveImaged
+from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
 
-from annotation_server.imaging import Volume
+from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle import Bundle
+from annotation_server.inference.model_space import (
+    ModelImage,
+    inverts_itself,
+    model_image,
+    to_stored_grid,
+    volume_to_metatensor,
+)
 from annotation_server.inference.onednn import use_onednn_convolutions
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["BundleRuntime", "load_state_dict", "volume_to_metatensor"]  # volume_to_metatensor: re-exported
+
 _FILE_IO = (LoadImage, LoadImaged, SaveImage, SaveImaged)
 # Options MONAI dictionary transforms take one value per key (e.g. Spacingd's mode=["bilinear", "nearest"]).
 _PER_KEY_OPTIONS = frozenset({"mode", "padding_mode", "align_corners", "dtype", "allow_missing_keys"})
-
-
-def volume_to_metatensor(array: np.ndarray, volume: Volume, channel_first: bool = False) -> MetaTensor:
-    """What LoadImaged(image_only=True) returns for an array on `volume`'s grid, RAS affine in the meta.
-
-    `channel_first` marks extra inputs such as click guidance (channels, i, j, k).
-    """
-    affine = torch.as_tensor(volume.geometry.affine, dtype=torch.float64)
-    meta = {
-        "affine": affine.clone(),
-        "original_affine": affine.clone(),
-        "spatial_shape": np.asarray(volume.geometry.shape),
-        "original_channel_dim": 0 if channel_first else "no_channel",
-        "space": "RAS",
-        "filename_or_obj": "memory",
-    }
-    return MetaTensor(torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32), meta=meta)
 
 
 def _without_file_io(compose: Any) -> Compose:
@@ -94,9 +85,7 @@ class BundleRuntime:
             _without_file_io(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser else None
         )
         self._raw_preprocessing = parser.get("preprocessing")
-        self._invert = Invertd(
-            keys="pred", transform=self._full_preprocessing, orig_keys=image_key, nearest_interp=True
-        )
+        self._postprocessing_inverts = inverts_itself(self.postprocessing)
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -132,7 +121,7 @@ class BundleRuntime:
         with torch.no_grad(), self._autocast():
             return self.network(patch[None].to(self.device))[0].float()
 
-    def preprocess(self, inputs: dict[str, MetaTensor]) -> dict[str, Any]:
+    def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return self.preprocessing(dict(inputs))
 
     @torch.no_grad()
@@ -149,22 +138,25 @@ class BundleRuntime:
         size = [max(int(v), 16) for v in (roi if isinstance(roi, list | tuple) else [roi] * 3)]
         self.forward(torch.zeros((channels, *size)))
 
-    def run(self, inputs: dict[str, MetaTensor], output_shape: tuple[int, ...]) -> np.ndarray:
-        """Channel-index label map on the grid of `inputs[image_key]` as given (before preprocessing)."""
+    def model_image(self, volume: Volume) -> ModelImage:
+        """The volume's image in this bundle's model space, with the stored-grid -> model index map."""
+        return model_image(self.image_pipeline(), volume, self.image_key)
+
+    def run(self, inputs: dict[str, Any], stored: Geometry) -> np.ndarray:
+        """Channel-index label map on `stored`, the grid of `inputs[image_key]` as given (before preprocessing).
+
+        The prediction always goes back through `model_space.to_stored_grid` (inverted with the records of
+        the bundle's own transforms, then checked in world space): never decided by comparing shapes.
+        """
         data = self.preprocess(inputs)
         data["pred"] = self.forward(data[self.input_key]).cpu()
         if self.postprocessing is not None:
             data = self.postprocessing(data)
-        pred = data["pred"]
-        if tuple(pred.shape[-3:]) != tuple(output_shape):  # the bundle does not invert: we do, nearest neighbour
-            if pred.shape[0] > 1:
-                pred = torch.argmax(pred, dim=0, keepdim=True)
-            data["pred"] = pred
-            pred = self._invert(data)["pred"]
-        array = torch.as_tensor(pred).detach().cpu()
-        if array.ndim == 4:
-            array = torch.argmax(array, dim=0) if array.shape[0] > 1 else array[0]
-        result = np.rint(array.numpy()).astype(np.int16)
-        if result.shape != tuple(output_shape):
-            raise RuntimeError(f"bundle {self.bundle.name}: result shape {result.shape} != input {output_shape}")
-        return result
+        return to_stored_grid(
+            data,
+            data["pred"],
+            stored,
+            self.image_key,
+            self._full_preprocessing,
+            already_inverted=self._postprocessing_inverts,
+        )

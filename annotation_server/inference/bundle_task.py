@@ -9,7 +9,8 @@ import numpy as np
 
 from annotation_server.imaging import Volume
 from annotation_server.inference.bundle import Bundle, load_bundle
-from annotation_server.inference.bundle_runtime import BundleRuntime, volume_to_metatensor
+from annotation_server.inference.bundle_runtime import BundleRuntime
+from annotation_server.inference.model_space import volume_to_metatensor
 from annotation_server.inference.params import InferParams
 from annotation_server.inference.task import InferResult, InferTask, ModelType
 
@@ -66,6 +67,6 @@ class BundleSegmentationTask(BundleTask):
 
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
         runtime = self._runtime()
-        channels = runtime.run({runtime.image_key: volume_to_metatensor(volume.array, volume)}, volume.geometry.shape)
+        channels = runtime.run({runtime.image_key: volume_to_metatensor(volume.array, volume)}, volume.geometry)
         mask = self._lookup[np.clip(channels, 0, len(self._lookup) - 1)]
         return InferResult(mask=mask, label_names=dict(self.labels))

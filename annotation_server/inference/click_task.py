@@ -21,7 +21,6 @@ from scipy import ndimage
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Geometry, Volume
 from annotation_server.inference.bundle import load_bundle
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.bundle_task import BundleTask
 from annotation_server.inference.guidance import render_guidance
 from annotation_server.inference.params import InferParams, Point, check_points
@@ -100,7 +99,7 @@ def _back_to_input(
             return input_box, gathered
         # Each table is monotonic, so the indices that land inside the patch form one run per axis: a slice.
         inside = tuple(slice(int(np.argmax(v)), len(v) - int(np.argmax(v[::-1]))) for v in valid)
-        source = np.transpose(pred, np.argsort(order))  # put network axes in input-axis order
+        source = np.transpose(pred, order)  # axis a <- network axis order[a] (not argsort: 3-cycles)
         for axis, (table, run) in enumerate(zip(tables, inside, strict=True)):  # one axis at a time: 3 cheap takes
             source = source.take(table[run], axis=axis)
         gathered[inside] = source
@@ -146,13 +145,9 @@ class BundleClickTask(BundleTask):
         prepared = volume.meta.get(self._prepared_key)
         if prepared is None:
             runtime = self._runtime()
-            image = runtime.image_pipeline()({runtime.image_key: volume_to_metatensor(volume.array, volume)})
-            tensor = image[runtime.image_key]
-            network_affine = np.asarray(tensor.affine, dtype=float)
+            in_model = runtime.model_image(volume)  # the one stored-grid <-> model-space map (model_space.py)
             prepared = PreparedImage(
-                image=torch.as_tensor(tensor).float().to(runtime.device),
-                to_network=np.linalg.inv(network_affine) @ volume.geometry.affine,
-                spacing=tuple(float(v) for v in np.linalg.norm(network_affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+                image=in_model.tensor.to(runtime.device), to_network=in_model.to_model, spacing=in_model.spacing
             )
             volume.meta[self._prepared_key] = prepared
         return prepared

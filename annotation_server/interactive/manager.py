@@ -29,6 +29,7 @@ class SessionManager:
         self.expiry_s = expiry_s
         self._live: OrderedDict[str, InteractiveSession] = OrderedDict()
         self._spilled: dict[str, tuple[Path, str | None, float]] = {}  # id -> (file, image id, last used)
+        self._owners: dict[str, str | None] = {}  # id -> who opened it, live or spilled (no restore to ask)
         self._lock = threading.RLock()
         self.evictions = 0
         self.restores = 0
@@ -40,6 +41,7 @@ class SessionManager:
     def add(self, session: InteractiveSession) -> None:
         with self._lock:
             self._live[session.id] = session
+            self._owners[session.id] = session.owner
             self._enforce_budget(keep=session.id)
 
     def get(self, session_id: str) -> InteractiveSession:
@@ -67,8 +69,16 @@ class SessionManager:
             self._enforce_budget(keep=session_id)
             return session
 
+    def owner(self, session_id: str) -> str | None:
+        """Who opened the session (None: opened with auth off); NotFoundError when there is no such session."""
+        with self._lock:
+            if session_id not in self._owners:
+                raise NotFoundError(f"interactive session '{session_id}' not found (closed or expired)")
+            return self._owners[session_id]
+
     def remove(self, session_id: str) -> None:
         with self._lock:
+            self._owners.pop(session_id, None)
             if self._live.pop(session_id, None) is not None:
                 return
             spilled = self._spilled.pop(session_id, None)
@@ -76,12 +86,15 @@ class SessionManager:
                 raise NotFoundError(f"interactive session '{session_id}' not found (closed or expired)")
             spilled[0].unlink(missing_ok=True)
 
-    def sessions(self) -> list[dict[str, object]]:
+    def sessions(self, owner: str | None = None) -> list[dict[str, object]]:
+        """Open sessions; only those `owner` opened when given (what a non-admin sees)."""
         with self._lock:
-            live = [{**s.describe(), "in_memory": True} for s in self._live.values()]
+            mine = {i for i, o in self._owners.items() if owner is None or o == owner}
+            live = [{**s.describe(), "in_memory": True} for i, s in self._live.items() if i in mine]
             spilled = [
                 {"session_id": i, "image": image, "last_used_ts": ts, "in_memory": False}
                 for i, (_, image, ts) in self._spilled.items()
+                if i in mine
             ]
         return live + spilled
 
@@ -97,9 +110,11 @@ class SessionManager:
         with self._lock:
             for session_id in [i for i, s in self._live.items() if now - s.last_used_ts > self.expiry_s]:
                 self._live.pop(session_id)
+                self._owners.pop(session_id, None)
                 removed += 1
             for session_id in [i for i, (_, _, ts) in self._spilled.items() if now - ts > self.expiry_s]:
                 self._spilled.pop(session_id)[0].unlink(missing_ok=True)
+                self._owners.pop(session_id, None)
                 removed += 1
         return removed
 

@@ -24,6 +24,10 @@ class _Prompt(BaseModel):
     label: str | None = Field(None, description="label to annotate (default: the session's current label)")
     model: str | None = Field(None, description="model to run (default: the session's model)")
     positive: bool = Field(True, description="foreground (true) or background (false)")
+    locked_labels: list[str] = Field(
+        default_factory=list,
+        description="labels whose voxels this prompt must leave as they are (segments the annotator accepted)",
+    )
 
 
 class PointPrompt(_Prompt):

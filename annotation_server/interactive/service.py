@@ -1,7 +1,9 @@
 """Interactive sessions as a service: open, prompt, undo/redo/reset, download, save.
 
-Prompts run in the inference executor (the same bounded queue as /infer/, so a burst of clicks gets 503
-rather than piling up), on the image cached in memory; each answer carries only the changed box.
+Prompts run in the inference executor (the same bounded queue as /infer/), after taking a turn from the
+fair admission (inference/admission.py: least recently served user first, a bounded wait, then 503), so a
+burst of clicks neither piles up nor lets one user starve the others. They run on the image cached in
+memory; each answer carries only the changed box.
 Interactions on one session are serialised by its lock; sessions run in parallel.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
 from annotation_server.imaging import read_volume
+from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
@@ -34,12 +37,15 @@ class InteractiveService:
         datastore: Datastore,
         labels: dict[str, int],
         default_model: str | None,
+        admission: FairAdmission | None = None,
     ) -> None:
         self.manager = manager
         self.inference = inference
         self.datastore = datastore
         self.labels = {k: v for k, v in labels.items() if v != 0}
         self.default_model = default_model
+        # Clicks take turns per user on the inference thread, each waiting a bounded time (see admission.py).
+        self.admission = admission or FairAdmission()
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def open(
@@ -51,6 +57,7 @@ class InteractiveService:
         client_id: str | None = None,
         from_label: str | None = None,
         from_version: int | None = None,
+        owner: str | None = None,
     ) -> InteractiveSession:
         """`from_label` (a tag such as `final`, or `original` for a model's pre-annotation; `from_version`, default
         the latest): start from that saved label instead of an empty mask, to correct it."""
@@ -74,6 +81,7 @@ class InteractiveService:
             label=chosen_label,
             model=chosen_model,
             client_id=client_id,
+            owner=owner,
         )
         if from_label is not None and image_id is not None:
             self._start_from_label(session, image_id, from_label, from_version)
@@ -84,11 +92,15 @@ class InteractiveService:
         """Seed the session's mask with a saved label. A model's label (e.g. `original` from /infer with
         save_label) counts as the session's pre-annotation, so the final label's effort is measured against it."""
         saved = self.datastore.label_version(image_id, tag, version)
-        array = read_volume(self.datastore.label_file(saved)).array
-        if tuple(array.shape) != tuple(session.shape):
+        label = read_volume(self.datastore.label_file(saved))
+        array = label.array
+        image_geometry = self.datastore.image_geometry(image_id)
+        # The same grid means the same shape AND the same voxel-to-world affine: a label of the right shape
+        # but flipped or shifted would seed the session with anatomy that is not under it.
+        if not label.geometry.matches(image_geometry):
             raise InvalidRequestError(
-                f"label '{image_id}' tag '{tag}' v{saved.version} has shape {list(array.shape)}, the image "
-                f"{list(session.shape)}: save it again on the image's grid"
+                f"label '{image_id}' tag '{tag}' v{saved.version} lies on {label.geometry.describe()}, the image "
+                f"on {image_geometry.describe()}: save it again on the image's grid"
             )
         if array.min(initial=0) < 0 or array.max(initial=0) > 255:
             raise InvalidRequestError(f"label '{image_id}' tag '{tag}' v{saved.version} has values outside 0..255")
@@ -97,6 +109,16 @@ class InteractiveService:
         if saved.source.model is not None:
             whole: Box = tuple(slice(0, n) for n in session.shape)  # type: ignore[assignment]
             session.first_result = (whole, session.mask.copy(), saved.source.model, saved.source.model_version)
+
+    def _locked(self, names: list[str], label: str) -> frozenset[int]:
+        """The label values a prompt must not change (`locked_labels`); the label being drawn cannot be one."""
+        for name in names:
+            self._label(name)
+        if label in names:
+            raise InvalidRequestError(
+                f"label '{label}' is locked: unlock it (drop it from 'locked_labels') to edit it, or pick another label"
+            )
+        return frozenset(self.labels[name] for name in names)
 
     def _label(self, label: str) -> str:
         if label not in self.labels:
@@ -107,6 +129,7 @@ class InteractiveService:
     async def prompt(self, session_id: str, prompt: Prompt, new_object: bool = False) -> dict[str, Any]:
         session = self.manager.get(session_id)
         label = self._label(prompt.label or session.label)
+        locked = self._locked(prompt.locked_labels, label)
         model_name = prompt.model or session.model
         started = time.perf_counter()
 
@@ -118,18 +141,19 @@ class InteractiveService:
             with session.lock:
                 volume = self.inference.cache.get(Path(session.image_path))
                 if isinstance(prompt, LassoPrompt):
-                    return draw_lasso(session, prompt, label)
+                    return draw_lasso(session, prompt, label, locked)
                 if model_name is None:
                     raise InvalidRequestError("no click model for this session: pass 'model' in the prompt")
                 task = self.inference.task(model_name)
                 began = time.perf_counter()
-                change = refine_object(session, volume, task, prompt, label, new_object)
+                change = refine_object(session, volume, task, prompt, label, new_object, locked)
                 if session.first_result is None and change.box is not None and change.after is not None:
                     session.first_result = (change.box, change.after, task.name, task.version)  # O(1)
                 self.inference.observer(task.name, "prompt", time.perf_counter() - began)
                 return change
 
-        change = await self.inference.submit(work)
+        async with self.admission.slot(session.owner or session.id):  # the login, or the session with auth off
+            change = await self.inference.submit(work)
         session.label = label
         answer = self._answer(session, change, time.perf_counter() - started, model_name)
         answer["timing"] = {"queued_s": round(queued_s, 5), "forward_s": change.forward_s}
@@ -141,16 +165,22 @@ class InteractiveService:
     async def redo(self, session_id: str) -> dict[str, Any]:
         return await self._history(session_id, "redo")
 
-    async def reset(self, session_id: str) -> dict[str, Any]:
-        return await self._history(session_id, "reset")
+    async def reset(self, session_id: str, locked_labels: list[str] | None = None) -> dict[str, Any]:
+        """Clear the mask; `locked_labels` keep their voxels."""
+        for name in locked_labels or []:
+            self._label(name)
+        locked = frozenset(self.labels[name] for name in locked_labels or [])
+        return await self._history(session_id, "reset", locked)
 
-    async def _history(self, session_id: str, action: str) -> dict[str, Any]:
+    async def _history(self, session_id: str, action: str, locked: frozenset[int] = frozenset()) -> dict[str, Any]:
         session = self.manager.get(session_id)
         started = time.perf_counter()
 
         def work() -> Change | None:
             with session.lock:
-                return {"undo": session.undo, "redo": session.redo, "reset": session.reset}[action]()
+                if action == "reset":
+                    return session.reset(locked)
+                return {"undo": session.undo, "redo": session.redo}[action]()
 
         change = await asyncio.to_thread(work)  # no model: never queued behind inference
         return self._answer(session, change, time.perf_counter() - started, None)

@@ -91,6 +91,7 @@ class InteractiveSession:
     label: str
     model: str | None
     client_id: str | None = None
+    owner: str | None = None  # the logged-in user who opened it (None while auth is off: anyone may use it)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     mask: np.ndarray = field(init=False)
     current: ObjectState | None = None
@@ -137,8 +138,12 @@ class InteractiveSession:
         return copy.deepcopy(self.current)
 
     # ------------------------------------------------------------------------------------------ changes
-    def set_object_mask(self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str) -> Change:
-        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given)."""
+    def set_object_mask(
+        self, obj: ObjectState, mask: np.ndarray, search: Box | None, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Replace `obj`'s mask by `mask` (full-size bool, non-zero only inside `search` if given).
+
+        Voxels whose value underneath the object is a `locked` label value are never claimed by it."""
         new_box = mask_box(mask, search)
         box = union_box(obj.box, new_box)
         before_obj = self.current
@@ -147,26 +152,36 @@ class InteractiveSession:
             return self._record(None, None, None, before_obj, obj, kind)
         base = _embed(obj.base, obj.box, box, np.uint8, fill=self.mask[box].copy())
         new_mask = mask[box].astype(bool)
+        if locked:
+            new_mask &= ~np.isin(base, list(locked))
         after = np.where(new_mask, np.uint8(obj.value), base)
         before = self.mask[box].copy()
         self.mask[box] = after
         obj.box, obj.mask, obj.base = box, new_mask, base
         return self._record(box, before, after, before_obj, obj, kind)
 
-    def paint(self, region: np.ndarray, box: Box, value: int, kind: str) -> Change:
-        """Write `value` where `region` (a bool patch at `box`) is set; ends the current object."""
+    def paint(
+        self, region: np.ndarray, box: Box, value: int, kind: str, locked: frozenset[int] = frozenset()
+    ) -> Change:
+        """Write `value` where `region` (a bool patch at `box`) is set, except on `locked` label values; ends the
+        current object."""
         before = self.mask[box].copy()
+        if locked:
+            region = region & ~np.isin(before, list(locked))
         after = np.where(region, np.uint8(value), before)
         self.mask[box] = after
         return self._record(box, before, after, self.current, None, kind)
 
-    def reset(self) -> Change:
-        box = mask_box(self.mask)
+    def reset(self, locked: frozenset[int] = frozenset()) -> Change:
+        """Clear the mask, except the voxels of `locked` label values."""
+        clearable = self.mask if not locked else np.where(np.isin(self.mask, list(locked)), 0, self.mask)
+        box = mask_box(clearable)
         if box is None:
             return self._record(None, None, None, self.current, None, "reset")
         before = self.mask[box].copy()
-        self.mask[box] = 0
-        return self._record(box, before, np.zeros_like(before), self.current, None, "reset")
+        after = np.where(np.isin(before, list(locked)), before, 0).astype(np.uint8) if locked else np.zeros_like(before)
+        self.mask[box] = after
+        return self._record(box, before, after, self.current, None, "reset")
 
     def _record(
         self,
@@ -220,6 +235,7 @@ class InteractiveSession:
             "can_redo": bool(self.redo_stack),
             "interactions": self.interactions,
             "client_id": self.client_id,
+            "owner": self.owner,
             "started_from": self.started_from,
             "created_ts": self.created_ts,
             "last_used_ts": self.last_used_ts,

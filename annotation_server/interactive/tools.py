@@ -44,6 +44,7 @@ def refine_object(
     prompt: PointPrompt | BoxPrompt | ScribblePrompt,
     label: str,
     new_object: bool,
+    locked: frozenset[int] = frozenset(),
 ) -> Change:
     """Add the prompt to the object's clicks, run the click model, and replace the object's mask."""
     if not task.is_interactive:
@@ -94,7 +95,7 @@ def refine_object(
             slice(int(a), int(b) + 1) for a, b in zip(painted.min(axis=0), painted.max(axis=0), strict=True)
         )
         search = union_box(search, painted_box) if search is not None else None  # type: ignore[arg-type]
-    change = session.set_object_mask(obj, mask, search, prompt.type)
+    change = session.set_object_mask(obj, mask, search, prompt.type, locked)
     forward_s = result.extra.get("forward_s")
     change.forward_s = float(forward_s) if isinstance(forward_s, int | float) else None
     return change
@@ -153,7 +154,9 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
     return box  # every non-zero voxel of `mask` now lies in `box`: a smaller search than the roi
 
 
-def draw_lasso(session: InteractiveSession, prompt: LassoPrompt, label: str) -> Change:
+def draw_lasso(
+    session: InteractiveSession, prompt: LassoPrompt, label: str, locked: frozenset[int] = frozenset()
+) -> Change:
     """Fill the polygon on its slice with the label (or erase it when `positive` is false)."""
     shape = session.shape
     if prompt.index >= shape[prompt.axis]:
@@ -172,4 +175,4 @@ def draw_lasso(session: InteractiveSession, prompt: LassoPrompt, label: str) -> 
     full_box = tuple(slice(0, n) if s == slice(None) else s for s, n in zip(patch_box, shape, strict=True))
     region3 = np.expand_dims(region, axis=prompt.axis)
     value = session.labels[label] if prompt.positive else 0
-    return session.paint(region3, full_box, value, "lasso")  # type: ignore[arg-type]
+    return session.paint(region3, full_box, value, "lasso", locked)  # type: ignore[arg-type]

@@ -40,8 +40,9 @@ from torch import nn
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Volume
-from annotation_server.inference.bundle_runtime import BundleRuntime, volume_to_metatensor
+from annotation_server.inference.bundle_runtime import BundleRuntime
 from annotation_server.inference.bundle_task import BundleTask
+from annotation_server.inference.model_space import model_affine, to_model_space
 from annotation_server.inference.task import InferTask
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -100,10 +101,14 @@ class NetworkInput:
 
 
 def network_input(runtime: BundleRuntime, volume: Volume) -> NetworkInput:
-    """The bundle's own preprocessing (orientation, spacing, intensity window), nothing inverted later."""
-    data = runtime.preprocess({runtime.image_key: volume_to_metatensor(volume.array, volume)})
+    """The bundle's own preprocessing (orientation, spacing, intensity window), nothing inverted later.
+
+    Through `model_space.to_model_space`, the same map the auto and click paths use: a flipped copy of an
+    image lands on the same model-space voxels, so it scores the same.
+    """
+    data = to_model_space(runtime.preprocessing, volume, {runtime.image_key: volume.array})
     image = data[runtime.input_key]
-    affine = np.asarray(image.affine if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64)
+    affine = model_affine(image)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3]))) or 1.0
     tensor = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
     return NetworkInput(tensor.float(), affine, voxel_mm3 / 1000.0)

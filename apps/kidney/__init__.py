@@ -12,6 +12,7 @@ from annotation_models import bundle_path
 from annotation_server.app_spec import AppSpec
 from annotation_server.inference.model_sources import BundleModel
 from annotation_server.inference.region_growing_task import RegionGrowingTask
+from annotation_server.preannotation import PreannotationRules
 from annotation_server.tools.region_growing import RegionGrowingConfig
 
 from .fine_tune import KidneyClickFineTune, KidneySegFineTune
@@ -44,4 +45,6 @@ APP = AppSpec(
         ),
     ],
     trainers={"kidney_seg": KidneySegFineTune(), "kidney_click": KidneyClickFineTune()},
+    # new CT series in the PACS get kidney_seg's result as a SEG (ANNOTATE_WATCH_PACS=true)
+    preannotation=PreannotationRules(model="kidney_seg", modalities=("CT",)),
 )

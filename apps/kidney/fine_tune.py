@@ -12,15 +12,29 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from annotation_apps.kidney import recipes
 from annotation_apps.kidney.training import _compose, click_validator, interaction_sample, seg_validator
-from annotation_server.imaging import read_volume
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
+from annotation_server.errors import GeometryMismatchError
+from annotation_server.imaging import Volume, read_volume
+from annotation_server.inference.model_space import to_model_space
 from annotation_server.learning.finetune import LabeledImage
 from annotation_server.learning.patches import PatchBatches, augmentation
 from annotation_server.learning.trainer import Batch
+
+
+def labeled_pair(item: LabeledImage) -> tuple[Volume, np.ndarray]:
+    """An image and its label's voxels, refused unless the label lies on the image's grid (shape AND affine)."""
+    image = read_volume(item.image)
+    label = read_volume(item.label)
+    if not label.geometry.matches(image.geometry):
+        raise GeometryMismatchError(
+            f"label of '{item.image_id}' lies on {label.geometry.describe()}, its image on "
+            f"{image.geometry.describe()}: it cannot be trained on"
+        )
+    return image, label.array
 
 
 class KidneySegFineTune:
@@ -30,13 +44,9 @@ class KidneySegFineTune:
         preprocessing = _compose(recipes.seg_preprocessing(with_label=True))
         samples = []
         for item in items:
-            image = read_volume(item.image)
-            label = read_volume(item.label)
-            data = {
-                "image": volume_to_metatensor(image.array, image),
-                "label": volume_to_metatensor(label.array, image),  # the datastore keeps labels on the image grid
-            }
-            samples.append(preprocessing(data))
+            image, label = labeled_pair(item)
+            # Image and label through the very same transforms (model_space: the map every path uses).
+            samples.append(to_model_space(preprocessing, image, {"image": image.array, "label": label}))
         return samples
 
     def batches(self, samples: list[dict[str, Any]], batch_size: int, seed: int) -> Iterator[Batch]:
@@ -56,8 +66,7 @@ class KidneyClickFineTune:
         preprocessing = _compose(recipes.click_preprocessing(with_label=True, concat=False))
         samples = []
         for item in items:
-            image = read_volume(item.image)
-            label = read_volume(item.label).array
+            image, label = labeled_pair(item)
             rng = random.Random(item.image_id)  # the same interactions for the same label every run
             for _ in range(self.interactions):
                 sample = interaction_sample(image.array, label, image.geometry.affine, rng, preprocessing)

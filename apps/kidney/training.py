@@ -25,9 +25,9 @@ from scipy import ndimage
 from annotation_apps.kidney import recipes
 from annotation_server.evaluation.clicks import dice
 from annotation_server.imaging import Geometry, Volume
-from annotation_server.inference.bundle_runtime import volume_to_metatensor
 from annotation_server.inference.click_task import crop_volume
 from annotation_server.inference.guidance import render_guidance, roi_around
+from annotation_server.inference.model_space import volume_to_metatensor
 from annotation_server.learning.bundle_writer import inference_config, write_bundle
 from annotation_server.learning.click_training import ErrorClicks
 from annotation_server.learning.patches import PatchBatches, augmentation
