@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Response
@@ -42,6 +43,8 @@ from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
 from annotation_server.errors import UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.imaging import read_volume
+from annotation_server.imaging.headers import ReadLimits
 from annotation_server.inference.cache import VolumeCache
 from annotation_server.inference.device import detect_device
 from annotation_server.inference.engine import InferenceService
@@ -135,18 +138,19 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
     """A PACS over DICOMweb when `dicomweb_url` (or `--studies http://...`) is set, else a folder of studies."""
     if settings.dicomweb_url:
         return open_dicomweb_datastore(settings, app_spec.labels)
-    store = LocalDatastore(resolve_studies(settings))
+    store = LocalDatastore(resolve_studies(settings), limits=ReadLimits(settings.max_image_voxels))
     store.rescan()
     return store
 
 
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
+    limits = ReadLimits(settings.max_image_voxels)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
         tasks={},
-        cache=VolumeCache(settings.cache_mb << 20),
+        cache=VolumeCache(settings.cache_mb << 20, partial(read_volume, limits=limits)),
         datastore=store,
         work_dir=settings.data_dir / "tmp" / "results",
         workers=settings.infer_workers,
@@ -181,7 +185,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         app=app_spec,
         datastore=store,
         inference=inference,
-        sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
+        sessions=SessionStore(settings.session_dir, settings.session_expiry_s, limits),
         active_learning=ActiveLearningService(
             strategies, store, interactive.manager.locked_images, Reservations(settings.next_sample_reservation_s)
         ),

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
 
+    max_image_voxels: int = Field(
+        1024**3 // 2,
+        ge=1,
+        description="Largest volume read (voxels, from the header, before any decompression); bytes are capped "
+        "at 4 per voxel of it",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _studies_url_is_dicomweb(cls, data: Any) -> Any:

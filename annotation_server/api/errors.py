@@ -17,6 +17,8 @@ from annotation_server.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    StoredFileChangedError,
+    TooLargeError,
     UnsupportedFormatError,
     UpstreamError,
     UpstreamUnavailableError,
@@ -33,15 +35,16 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (UpstreamUnavailableError, 503),
     (UpstreamError, 502),
     (InvalidRequestError, 422),
+    (StoredFileChangedError, 500),
 ]
 
 
-class PayloadTooLargeError(InvalidRequestError):
+class PayloadTooLargeError(TooLargeError):
     """An upload exceeds the configured size limit."""
 
 
 def _status_for(exc: Exception) -> int:
-    if isinstance(exc, PayloadTooLargeError):
+    if isinstance(exc, TooLargeError):
         return 413
     for kind, status in STATUS_BY_ERROR:
         if isinstance(exc, kind):

@@ -39,10 +39,11 @@ from annotation_server.datastore.records import (
     ScanReport,
 )
 from annotation_server.datastore.scanner import LABELS_DIRNAME, DiscoveredStudy, discover_studies
-from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError
+from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError, StoredFileChangedError
 from annotation_server.imaging import Geometry, Volume, read_geometry, read_volume, write_volume
 from annotation_server.imaging.conform import conform_label
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, split_extension
+from annotation_server.imaging.headers import ReadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def _check_label_values(array: np.ndarray) -> None:
 class LocalDatastore:
     """Folder + SQLite datastore. Thread-safe; one instance per server."""
 
-    def __init__(self, root: Path, state_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, state_dir: Path | None = None, limits: ReadLimits | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or ReadLimits()  # voxel budget for every file read: uploads and the studies folder
         self.root = root.resolve()
         self.state_dir = (state_dir or self.root / STATE_DIRNAME).resolve()
         self.versions_dir = self.state_dir / "versions"
@@ -218,7 +220,7 @@ class LocalDatastore:
         cached = self.index.get_geometry(image_id)
         if cached is not None:
             return Geometry.from_json(cached)
-        geometry = read_geometry(self.image_path(image_id))
+        geometry = read_geometry(self.image_path(image_id), self.limits)
         self.index.set_geometry(image_id, geometry.to_json())
         return geometry
 
@@ -243,7 +245,7 @@ class LocalDatastore:
         staged = upload.with_name(upload.name + ext) if not upload.name.endswith(ext) else upload
         if staged != upload:
             upload.rename(staged)
-        read_volume(staged)  # refuse unreadable files before they enter the store
+        read_volume(staged, self.limits)  # refuse unreadable files before they enter the store
         target = self.root / f"{image_id}{ext}"
         with self._write_lock:
             existing = self.index.get_image(image_id)
@@ -316,7 +318,7 @@ class LocalDatastore:
             return path, record.name
         converted = self.state_dir / "converted" / f"{record.id}{DICOM_DOWNLOAD_EXT}"
         if not converted.is_file() or converted.stat().st_mtime < path.stat().st_mtime:
-            volume = read_volume(path)
+            volume = read_volume(path, self.limits)
             staged = self._temp_path(converted.name)
             write_volume(volume.array, volume.geometry, staged)
             atomic_move(staged, converted)
@@ -348,7 +350,7 @@ class LocalDatastore:
         tag = validate_tag(tag or FINAL_TAG)
         _, ext = split_extension(filename, LABEL_EXTENSIONS)
         staged = upload if upload.name.endswith(ext) else upload.rename(upload.with_name(upload.name + ext))
-        label = read_volume(staged)
+        label = read_volume(staged, self.limits)
         image_geometry = self.image_geometry(image_id)
         # Only 3D Slicer's segmentation format is saved cropped to its extent by design.
         array = conform_label(label.array, label.geometry, image_geometry, allow_subgrid=ext == ".seg.nrrd")
@@ -451,8 +453,22 @@ class LocalDatastore:
             raise NotFoundError(f"label '{image_id}' tag '{tag}' has no version {version}")
         return label
 
-    def label_file(self, label: LabelVersion) -> Path:
-        return self.state_dir / label.relpath
+    def label_file(self, label: LabelVersion, verify: bool = True) -> Path:
+        """The version's file, after checking it still has the sha256 recorded at save time.
+
+        `verify=False` only where the path is handed on unread (a training datalist).
+        """
+        path = self.state_dir / label.relpath
+        if verify and label.sha256 and file_sha256(path) != label.sha256:
+            logger.error(
+                "label %s/%s v%d: %s changed since it was saved", label.image_id, label.tag, label.version, path
+            )
+            raise StoredFileChangedError(
+                f"label '{label.image_id}' tag '{label.tag}' version {label.version} was changed on disk after it "
+                "was saved (its sha256 differs from the one recorded); it is not served. An admin should restore "
+                "it from backup; other versions are unaffected"
+            )
+        return path
 
     def label_versions(self, image_id: str, tag: str | None = None) -> list[LabelVersion]:
         validate_image_id(image_id)
@@ -512,7 +528,9 @@ class LocalDatastore:
         for record in self.index.list_images():
             final = next((h for h in heads.get(record.id, []) if h.tag == FINAL_TAG), None)
             if final is not None:
-                pairs.append({"image": str(self.root / record.relpath), "label": str(self.label_file(final))})
+                pairs.append(
+                    {"image": str(self.root / record.relpath), "label": str(self.label_file(final, verify=False))}
+                )
         return pairs
 
     # ------------------------------------------------------------------------------ next-sample queries

@@ -24,6 +24,7 @@ from annotation_server.datastore.atomic import atomic_write_bytes
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.imaging import read_volume
 from annotation_server.imaging.formats import basename
+from annotation_server.imaging.headers import ReadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class SessionInfo(BaseModel):
 class SessionStore:
     """Creates, finds and expires sessions under `root`."""
 
-    def __init__(self, root: Path, max_expiry_s: int) -> None:
+    def __init__(self, root: Path, max_expiry_s: int, limits: ReadLimits | None = None) -> None:
         self.root = root
+        self.limits = limits or ReadLimits()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_expiry_s = max_expiry_s
         self._lock = threading.Lock()
@@ -73,7 +75,7 @@ class SessionStore:
         folder.mkdir(parents=True)
         try:
             image = self._place_files(folder, uploads, uncompress)
-            read_volume(image)  # an unreadable image is refused now, not at the first click
+            read_volume(image, self.limits)  # an unreadable image is refused now, not at the first click
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
