@@ -185,7 +185,9 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         app=app_spec,
         datastore=store,
         inference=inference,
-        sessions=SessionStore(settings.session_dir, settings.session_expiry_s, limits),
+        sessions=SessionStore(
+            settings.session_dir, settings.session_expiry_s, limits, max_extract_bytes=settings.max_upload_mb << 20
+        ),
         active_learning=ActiveLearningService(
             strategies, store, interactive.manager.locked_images, Reservations(settings.next_sample_reservation_s)
         ),
