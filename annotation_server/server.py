@@ -33,6 +33,7 @@ from annotation_server.api import (
     train,
     versions,
 )
+from annotation_server.api.body_limits import BodyLimits
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.viewer import mount_viewer
 from annotation_server.app_spec import AppSpec, build_models, load_app
@@ -286,6 +287,13 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         description="AI-assisted annotation of 3D medical images; speaks the MONAI Label REST protocol.",
         lifespan=lifespan,
         redirect_slashes=False,
+    )
+    # Body limits sit inside CORS (added first = innermost), so a browser can read their 413/408/422.
+    app.add_middleware(
+        BodyLimits,
+        max_upload_bytes=settings.max_upload_mb << 20,
+        max_json_bytes=settings.max_json_kb << 10,
+        timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(
         CORSMiddleware,

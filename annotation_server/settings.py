@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         "at 4 per voxel of it",
     )
 
+    max_json_kb: int = Field(
+        1024, ge=1, description="Largest JSON or url-encoded request body, in KB (bigger: 413 before parsing)"
+    )
+    body_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a request's whole body may take to arrive (slower: 408)"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _studies_url_is_dicomweb(cls, data: Any) -> Any:

@@ -75,13 +75,16 @@ class ScribblePrompt(_Prompt):
             )
         try:
             inflater = zlib.decompressobj()
-            raw = inflater.decompress(base64.b64decode(self.data), expected + 1)
+            raw = inflater.decompress(base64.b64decode(self.data, validate=True), expected + 1)
         except (ValueError, zlib.error) as exc:
             raise InvalidRequestError(f"scribble data is not base64 zlib: {exc}") from exc
-        if len(raw) != expected or inflater.unconsumed_tail:
-            more = "more than " if len(raw) > expected else ""
+        if len(raw) > expected or inflater.unconsumed_tail:
+            raise InvalidRequestError(f"scribble data holds more than {expected} voxels, shape {list(self.shape)}")
+        if not inflater.eof:
+            raise InvalidRequestError("scribble data is not base64 zlib: the compressed stream is incomplete")
+        if len(raw) != expected:
             raise InvalidRequestError(
-                f"scribble data holds {more}{min(len(raw), expected)} voxels, shape {list(self.shape)} needs {expected}"
+                f"scribble data holds {len(raw)} voxels, shape {list(self.shape)} needs {expected}"
             )
         painted = np.argwhere(np.frombuffer(raw, dtype=np.uint8).reshape(self.shape) > 0)
         return painted + np.asarray(self.offset)
