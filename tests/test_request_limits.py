@@ -162,3 +162,62 @@ def test_live_server_refuses_early_and_times_out_slow_bodies(live_server, studie
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"ANNOTATE_BODY_TIMEOUT_S" in answer
     assert 1.4 < seconds < 4.5
+
+
+HUGE = "1180591620717411303424"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kwargs"),
+    [
+        ("get", f"/datastore/label?label=phantom_a&version={HUGE}", {}),
+        ("get", f"/fl/queue?offset={HUGE}", {}),
+        ("get", f"/fl/queue/{HUGE}", {}),
+        ("post", f"/fl/queue/{HUGE}/approve", {"json": {}}),
+        ("post", f"/fl/queue/{HUGE}/exclude", {"json": {}}),
+        ("post", "/models/x/promote", {"json": {"version": int(HUGE)}}),
+        ("post", "/models/x/rollback", {"json": {"to": int(HUGE)}}),
+        ("put", f"/session/?expiry={HUGE}", {"files": {"files": ("a.nii.gz", b"x")}}),
+        ("get", "/datastore/dataset?limit_cases=" + "9" * 5000, {}),
+        ("post", "/interactive/sessions", {"json": {"image": "phantom_a", "from_version": 2**64}}),
+    ],
+)
+def test_out_of_range_integers_are_422_with_a_sentence(client, method: str, url: str, kwargs: dict) -> None:  # type: ignore[no-untyped-def]
+    if "json" in kwargs:  # send the huge integer verbatim (httpx would too; the server must not trust it)
+        kwargs = {"content": json.dumps(kwargs["json"]), "headers": {"content-type": "application/json"}}
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == 422, (url, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and any(s in detail for s in ("less than or equal", "64 bits", "maximum size")), (
+        detail
+    )
+
+
+def test_interactive_upload_unknown_params_and_bad_nifti_headers_are_422(client, sample_ct: Path) -> None:  # type: ignore[no-untyped-def]
+    from test_input_files import nifti_header_only
+
+    response = client.post(
+        "/interactive/sessions/upload",
+        files={"file": ("ct.nii.gz", sample_ct.read_bytes())},
+        data={"params": json.dumps({"modle": "cube"})},
+    )
+    assert response.status_code == 422 and "modle" in response.json()["detail"], response.text
+    for header, needle in (
+        (nifti_header_only((4, 4, 4), dim0=9), "dim[0] = 9"),
+        (nifti_header_only((30000,) * 3), "GiB"),
+    ):
+        response = client.put("/datastore/?image=bad", files={"file": ("bad.nii", header + b"\0" * 128)})
+        assert response.status_code in (413, 422), response.text
+        assert needle in response.json()["detail"]
+
+
+def test_openapi_documents_the_real_error_shape(client) -> None:  # type: ignore[no-untyped-def]
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["Error"]["properties"]["detail"]["type"] == "string"
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    label_put = schema["paths"]["/datastore/label"]["put"]["responses"]
+    assert {"413", "415", "422"} <= set(label_put)
+    assert label_put["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+    wrong = client.get("/datastore/label?label=phantom_a&version=zero")
+    assert wrong.status_code == 422 and isinstance(wrong.json()["detail"], str)
+    assert "query 'version'" in wrong.json()["detail"]

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ImageAdded, LabelHistory, LabelSaved, ScanResult
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal
@@ -210,7 +211,7 @@ def head_label(image: str = Query(...), tag: str = Query(FINAL_TAG), services: S
 def download_label(
     label: str = Query(..., description="image id"),
     tag: str = Query(FINAL_TAG),
-    version: int | None = Query(None, ge=1, description="a version number from /datastore/label/versions"),
+    version: int | None = Query(None, ge=1, le=MAX_INT, description="a version number from /datastore/label/versions"),
     services: Services = Depends(get_services),
 ) -> FileResponse:
     ds = services.datastore
@@ -264,7 +265,9 @@ def update_label_info_deprecated(
 
 # ------------------------------------------------------------------------------------------- dataset
 @router.get("/datastore/dataset", summary="Zip of labeled images with their final labels and metadata.json")
-def dataset(limit_cases: int | None = Query(None, ge=1), services: Services = Depends(get_services)) -> Response:
+def dataset(
+    limit_cases: int | None = Query(None, ge=1, le=MAX_INT), services: Services = Depends(get_services)
+) -> Response:
     ds = services.datastore
     buffer = io.BytesIO()
     metadata: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import SessionCreated
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.api.uploads import save_upload, upload_name
 from annotation_server.errors import InvalidRequestError
 from annotation_server.services import Services
@@ -24,7 +25,7 @@ router = CompatRouter(tags=["session"])
 async def create_session(
     request: Request,
     uncompress: bool = Query(False, description="unpack an uploaded zip/tar (e.g. a DICOM series)"),
-    expiry: int = Query(0, ge=0, description="seconds after last use; 0 = server default"),
+    expiry: int = Query(0, ge=0, le=MAX_INT, description="seconds after last use; 0 = server default"),
     files: list[UploadFile] = File(..., description="one image file, or the slices of a DICOM series"),
     services: Services = Depends(get_services),
 ) -> SessionCreated:

@@ -15,7 +15,8 @@ from typing import Any
 from annotation_server.errors import InvalidRequestError
 
 MAX_DEPTH = 32
-INT_RANGE = (-(2**63), 2**63 - 1)  # SQLite INTEGER
+MAX_INT = 2**63 - 1  # SQLite INTEGER; the `le=` of every integer query/path parameter
+INT_RANGE = (-(2**63), MAX_INT)
 
 
 def _constant(name: str) -> Any:
