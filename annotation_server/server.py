@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
@@ -144,6 +144,18 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
     return store
 
 
+def restrict_label_values(
+    store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec, tasks: dict[str, InferTask]
+) -> None:
+    """Saved labels may hold 0 and the values of the app's labels and its models' labels, nothing else."""
+    allowed = {0, *app_spec.labels.values()}
+    for task in tasks.values():
+        if isinstance(task.labels, Mapping):
+            allowed.update(int(v) for v in task.labels.values())
+    local = store.local if isinstance(store, DicomWebDatastore) else store
+    local.allowed_label_values = frozenset(allowed)
+
+
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
     limits = ReadLimits(settings.max_image_voxels)
@@ -160,6 +172,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     # Loaded and warmed on the inference thread itself, where every later forward pass runs (see `call`).
     tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
     inference.tasks.update(tasks)
+    restrict_label_values(store, app_spec, tasks)
     fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)

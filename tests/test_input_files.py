@@ -234,3 +234,32 @@ def test_a_changed_version_file_is_detected_not_served(client) -> None:  # type:
     response = client.get("/datastore/label?label=phantom_a")
     assert response.status_code == 500
     assert "changed on disk" in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------------- label values
+@pytest.mark.parametrize("bad", [9, 1_000_000])
+def test_label_values_outside_the_label_set_are_422_on_every_save_path(client, bad: int) -> None:  # type: ignore[no-untyped-def]
+    store = client.app.state.services.datastore
+    queue = client.app.state.services.fl_queue
+    image = nib.load(str(store.image_path("phantom_a")))
+    array = np.zeros(image.shape, np.int32)
+    array[1:4, 1:4, 1:3] = 1
+    array[5, 5, 5] = bad
+    path = store.new_upload_path("t.nii.gz")
+    nib.save(nib.Nifti1Image(array, image.affine), str(path))
+    response = client.put("/datastore/label?image=phantom_a", files={"label": ("a.nii.gz", path.read_bytes())})
+    path.unlink()
+    assert response.status_code == 422, response.text
+    assert str(bad) in response.json()["detail"] and "label set" in response.json()["detail"]
+    # The interactive save path: a mask holding the bad value.
+    opened = client.post("/interactive/sessions", json={"image": "phantom_a", "model": "cube"}).json()
+    session = client.app.state.services.interactive.manager.get(opened["session_id"])
+    session.mask = np.full(session.shape, bad % 256 or 255, np.uint8)
+    saved = client.post(f"/interactive/sessions/{opened['session_id']}/save", json={})
+    assert saved.status_code == 422 and "label set" in saved.json()["detail"], saved.text
+    assert client.get("/datastore/label/versions?image=phantom_a").json()["versions"] == []
+    assert sum(queue.count().values()) == 0  # never queued for federated training
+    ok = client.put(
+        "/datastore/label?image=phantom_a", files={"label": ("a.nii.gz", _label_bytes(client, "phantom_a", 2))}
+    )
+    assert ok.status_code == 200  # the app's own values (tumor = 2) are fine

@@ -51,14 +51,29 @@ STATE_DIRNAME = ".annotation-server"
 DICOM_DOWNLOAD_EXT = ".nii.gz"
 
 
-def _check_label_values(array: np.ndarray) -> None:
-    """Labels hold non-negative whole numbers (segment ids); anything else is a mistaken upload."""
+def _check_label_values(array: np.ndarray, allowed: frozenset[int] | None = None) -> None:
+    """Labels hold non-negative whole numbers (segment ids) of the app's label set; anything else is a
+    mistaken upload (and would be queued for training as a class no model has)."""
     if array.dtype.kind == "b":
         return
     if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (np.round(array) == array)):
         raise InvalidRequestError("label has fractional or non-finite voxel values; save a labelmap of whole numbers")
     if array.size and array.min() < 0:
         raise InvalidRequestError("label has negative voxel values; segment values must be 0 (background) or more")
+    if allowed is None or not array.size:
+        return
+    top = int(array.max())
+    if top < 1 << 16:  # a histogram is ~10x faster than np.unique on a full CT-sized label
+        present = np.flatnonzero(np.bincount(np.asarray(array, dtype=np.int64).ravel(), minlength=1))
+    else:
+        present = np.unique(array).astype(np.int64)
+    bad = sorted(int(v) for v in present if int(v) not in allowed)
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InvalidRequestError(
+            f"label has voxel values {shown} outside this app's label set {sorted(allowed)}; "
+            "relabel them (GET /info/ lists the labels and their values) or set them to 0"
+        )
 
 
 class LocalDatastore:
@@ -67,6 +82,8 @@ class LocalDatastore:
     def __init__(self, root: Path, state_dir: Path | None = None, limits: ReadLimits | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.limits = limits or ReadLimits()  # voxel budget for every file read: uploads and the studies folder
+        # Voxel values a saved label may hold (0 and the app's and models' label values); None: any.
+        self.allowed_label_values: frozenset[int] | None = None
         self.root = root.resolve()
         self.state_dir = (state_dir or self.root / STATE_DIRNAME).resolve()
         self.versions_dir = self.state_dir / "versions"
@@ -354,7 +371,7 @@ class LocalDatastore:
         image_geometry = self.image_geometry(image_id)
         # Only 3D Slicer's segmentation format is saved cropped to its extent by design.
         array = conform_label(label.array, label.geometry, image_geometry, allow_subgrid=ext == ".seg.nrrd")
-        _check_label_values(label.array)
+        _check_label_values(label.array, self.allowed_label_values)
         if array is not label.array:  # a cropped sub-grid was padded: write the full-grid label instead
             padded = self._temp_path(f"padded{ext}")
             write_volume(array, image_geometry, padded)
@@ -381,7 +398,7 @@ class LocalDatastore:
             raise InvalidRequestError(
                 f"label shape {tuple(array.shape)} differs from image '{record.id}' shape {geometry.shape}"
             )
-        _check_label_values(array)
+        _check_label_values(array, self.allowed_label_values)
         staged = self._temp_path(f"label{ext}")
         write_volume(array, geometry, staged, reference=reference)
         return self._commit_label(image_id, tag, ext, staged, author, info, source, array)
