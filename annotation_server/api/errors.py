@@ -76,11 +76,12 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _missing_file(request: Request, exc: Exception) -> JSONResponse:
     """A file that vanished under a request (an image deleted on disk while a session had it open)."""
-    name = getattr(exc, "filename", None) or str(exc)
+    name = str(getattr(exc, "filename", None) or exc)
     logger.warning("%s %s -> 404: file missing: %s", request.method, request.url.path, name)
+    shown = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]  # the file's name, never its server path
     return JSONResponse(
         {
-            "detail": f"file not found on the server: {name}; POST /datastore/rescan if studies "
+            "detail": f"file not found on the server: {shown}; POST /datastore/rescan if studies "
             "changed on disk, then reopen the image"
         },
         status_code=404,

@@ -532,7 +532,7 @@ class LocalDatastore:
             }
         return {
             "name": self.root.name,
-            "description": f"Studies in {self.root}",
+            "description": f"Studies in {self.root.name}",  # the folder's name, not its server path
             "images_dir": ".",
             "labels_dir": LABELS_DIRNAME,
             "objects": objects,
