@@ -140,6 +140,7 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
     if settings.dicomweb_url:
         return open_dicomweb_datastore(settings, app_spec.labels)
     store = LocalDatastore(resolve_studies(settings), limits=ReadLimits(settings.max_image_voxels))
+    store.repair_published_heads()  # a kill between a save's commit and its labels/<tag>/ link update
     store.rescan()
     return store
 

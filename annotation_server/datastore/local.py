@@ -15,6 +15,7 @@ index row, then updates the `labels/<tag>/` link. A crash at any step leaves the
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import threading
@@ -453,6 +454,37 @@ class LocalDatastore:
             if other != label.ext:
                 (tag_dir / f"{label.image_id}{other}").unlink(missing_ok=True)
         atomic_link(self.state_dir / label.relpath, tag_dir / f"{label.image_id}{label.ext}")
+
+    def repair_published_heads(self) -> int:
+        """Point every `labels/<tag>/<id><ext>` at its head version again, as the index says.
+
+        A save commits the index row before it updates that link, so a crash (kill -9) in between leaves the
+        file MONAI Label tools read one version behind. The server runs it at start (not every opener: a
+        training job opening the store while the server saves must not race it); returns how many it repaired.
+        """
+        repaired = 0
+        for heads in self.index.all_heads().values():
+            for head in heads:
+                version_file = self.state_dir / head.relpath
+                link = self.root / LABELS_DIRNAME / head.tag / f"{head.image_id}{head.ext}"
+                if not version_file.is_file():
+                    logger.error(
+                        "label %s/%s v%d: version file %s is missing",
+                        head.image_id,
+                        head.tag,
+                        head.version,
+                        version_file,
+                    )
+                    continue
+                try:
+                    if link.is_file() and (os.path.samefile(link, version_file) or file_sha256(link) == head.sha256):
+                        continue
+                except OSError:
+                    pass
+                self._publish_head(head)
+                repaired += 1
+                logger.warning("label %s/%s: %s repaired to v%d", head.image_id, head.tag, link, head.version)
+        return repaired
 
     def label_head(self, image_id: str, tag: str = FINAL_TAG) -> LabelVersion:
         validate_image_id(image_id)

@@ -19,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 
 from annotation_server.errors import CorruptFileError, UnsupportedFormatError
-from annotation_server.imaging.headers import ReadLimits
+from annotation_server.imaging.headers import ReadLimits, reason
 from annotation_server.imaging.volume import RAS_FROM_LPS, Geometry, Volume
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,9 @@ def read_dicom_series(folder: Path, limits: ReadLimits | None = None) -> Volume:
         except CorruptFileError:
             raise
         except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            raise CorruptFileError(f"cannot decode DICOM slice '{path.name}' in '{folder.name}': {exc}") from exc
+            raise CorruptFileError(
+                f"cannot decode DICOM slice '{path.name}' in '{folder.name}': {reason(exc, path)}"
+            ) from exc
         planes.append(apply_rescale(pixels, ds).T)  # (row, col) -> (i, j)
     array = np.stack(planes, axis=-1)
     if np.all(np.mod(array, 1) == 0) and array.min() >= -32768 and array.max() <= 32767:

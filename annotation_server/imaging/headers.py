@@ -93,6 +93,14 @@ class HeaderInfo:
     itemsize: int
 
 
+def reason(exc: BaseException, path: Path) -> str:
+    """A library's error text without the server-side folder (nibabel and ITK quote the full path)."""
+    text = str(exc)
+    for folder in {str(path.parent), str(path.resolve().parent)}:
+        text = text.replace(folder + "/", "").replace(folder, "")
+    return text.strip()[:500]
+
+
 def _detached(name: str, what: str) -> UnsupportedFormatError:
     return UnsupportedFormatError(
         f"'{name}' {what}: the server only reads self-contained files (header and voxels in one file); "
@@ -210,7 +218,9 @@ def _nifti_header_bytes(path: Path, name: str) -> bytes:
         with path.open("rb") as handle:
             return handle.read(540)
     except (OSError, EOFError, zlib.error) as exc:
-        raise CorruptFileError(f"cannot read NIfTI header of '{name}' (truncated or damaged?): {exc}") from exc
+        raise CorruptFileError(
+            f"cannot read NIfTI header of '{name}' (truncated or damaged?): {reason(exc, path)}"
+        ) from exc
 
 
 def inspect_nifti(path: Path, limits: ReadLimits, name: str | None = None) -> HeaderInfo:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from annotation_server.errors import CorruptFileError, UnsupportedFormatError
 from annotation_server.imaging.dicom import dicom_geometry, read_dicom_series
 from annotation_server.imaging.formats import ITK_EXTENSIONS, LABEL_EXTENSIONS, NIFTI_EXTENSIONS, split_extension
-from annotation_server.imaging.headers import ReadLimits, inspect_volume_file
+from annotation_server.imaging.headers import ReadLimits, inspect_volume_file, reason
 from annotation_server.imaging.volume import Geometry, Volume, affine_from_itk, itk_from_affine
 
 _READ_ERRORS = (
@@ -51,7 +51,9 @@ def _read_nifti(path: Path) -> Volume:
         img = nib.load(str(path))
         array = np.asanyarray(img.dataobj)
     except _READ_ERRORS as exc:
-        raise CorruptFileError(f"cannot read NIfTI file '{path.name}' (truncated or damaged?): {exc}") from exc
+        raise CorruptFileError(
+            f"cannot read NIfTI file '{path.name}' (truncated or damaged?): {reason(exc, path)}"
+        ) from exc
     array = _to_3d(array, path.name)
     return Volume(array=array, geometry=Geometry(array.shape, img.affine), source_format="nifti", header=img.header)
 
@@ -71,7 +73,7 @@ def _read_itk(path: Path, header_format: str) -> Volume:
     try:
         image = _itk_reader(path, header_format).Execute()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read '{path.name}' (truncated or damaged?): {exc}") from exc
+        raise CorruptFileError(f"cannot read '{path.name}' (truncated or damaged?): {reason(exc, path)}") from exc
     if image.GetDimension() not in (2, 3):
         raise UnsupportedFormatError(f"'{path.name}' is {image.GetDimension()}-D; only 3-D volumes are supported")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -130,7 +132,7 @@ def read_geometry(path: Path | str, limits: ReadLimits | None = None) -> Geometr
         try:
             img = nib.load(str(path))
         except _READ_ERRORS as exc:
-            raise CorruptFileError(f"cannot read NIfTI header of '{path.name}': {exc}") from exc
+            raise CorruptFileError(f"cannot read NIfTI header of '{path.name}': {reason(exc, path)}") from exc
         shape = img.shape
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
@@ -141,7 +143,7 @@ def read_geometry(path: Path | str, limits: ReadLimits | None = None) -> Geometr
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read header of '{path.name}': {exc}") from exc
+        raise CorruptFileError(f"cannot read header of '{path.name}': {reason(exc, path)}") from exc
     if reader.GetDimension() == 2:
         return _read_itk(path, header.format).geometry
     affine = affine_from_itk(
