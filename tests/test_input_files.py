@@ -263,3 +263,12 @@ def test_label_values_outside_the_label_set_are_422_on_every_save_path(client, b
         "/datastore/label?image=phantom_a", files={"label": ("a.nii.gz", _label_bytes(client, "phantom_a", 2))}
     )
     assert ok.status_code == 200  # the app's own values (tumor = 2) are fine
+
+
+def test_nifti_voxel_offset_far_into_a_gzip_stream_is_refused(tmp_path: Path) -> None:
+    block = bytearray(nifti_header_only((4, 4, 4)))
+    struct.pack_into("<f", block, 108, 3e9)  # skipping to it would inflate 3 GB
+    path = tmp_path / "far.nii.gz"
+    path.write_bytes(gzip.compress(bytes(block)))
+    with pytest.raises(CorruptFileError, match="puts its voxels at byte"):
+        read_volume(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from annotation_server.errors import CorruptFileError, TooLargeError, UnsupportedFormatError
 
 DEFAULT_MAX_VOXELS = 1024**3 // 2
+MAX_NIFTI_OFFSET = 16 << 20  # header + extensions; real files use 352 plus a few KB
 HEADER_LIMIT = 1 << 20  # no real NRRD/MHA header is near 1 MB (Slicer's 100-segment .seg.nrrd is ~30 KB)
 
 _NRRD_TYPE_NAMES = {
@@ -233,12 +234,14 @@ def inspect_nifti(path: Path, limits: ReadLimits, name: str | None = None) -> He
         if sizeof_hdr == 348:
             dims = struct.unpack(f"{endian}8h", block[40:56])
             datatype = struct.unpack(f"{endian}h", block[70:72])[0]
+            offset = struct.unpack(f"{endian}f", block[108:112])[0]
             magic = block[344:348]
             single = b"n+1\x00"
             break
         if sizeof_hdr == 540 and len(block) >= 540:
             dims = struct.unpack(f"{endian}8q", block[16:80])
             datatype = struct.unpack(f"{endian}h", block[12:14])[0]
+            offset = struct.unpack(f"{endian}q", block[168:176])[0]
             magic = block[4:12][:4]
             single = b"n+2\x00"
             break
@@ -248,6 +251,11 @@ def inspect_nifti(path: Path, limits: ReadLimits, name: str | None = None) -> He
         if magic[:3] in (b"ni1", b"ni2"):
             raise _detached(name, "is a NIfTI header whose voxels live in a separate .img file")
         raise CorruptFileError(f"'{name}' has no NIfTI magic (an Analyze file?); save it as .nii.gz")
+    if not 0 <= offset <= MAX_NIFTI_OFFSET:  # a huge offset would make a .nii.gz reader inflate GBs to skip
+        raise CorruptFileError(
+            f"'{name}' puts its voxels at byte {offset:.0f}; a NIfTI header with extensions ends "
+            f"well before {MAX_NIFTI_OFFSET}"
+        )
     ndim = dims[0]
     if not 1 <= ndim <= 7:
         raise CorruptFileError(f"'{name}' declares dim[0] = {ndim}; a NIfTI volume has 1 to 7 dimensions")
