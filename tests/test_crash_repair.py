@@ -43,6 +43,13 @@ def test_stale_and_missing_links_are_repaired_from_the_index(studies: Path) -> N
     link.unlink()  # a link lost altogether
     assert store.repair_published_heads() == 1 and link.read_bytes() == store.label_file(head).read_bytes()
     assert store.repair_published_heads() == 0  # nothing left to do
+    # A kill after retiring the label in the index but before removing its file.
+    store.index.tombstone_head("phantom_a", "final")
+    assert link.exists()
+    assert store.repair_published_heads() == 1 and not link.exists()
+    assert [v.version for v in store.label_versions("phantom_a")] == [1, 2]  # the history stays
+    _save(store, 3)  # v3, the head again
+    head = store.label_head("phantom_a")
     link.unlink()
     os.link(v1, link)
     store.close()

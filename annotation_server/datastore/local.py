@@ -40,7 +40,13 @@ from annotation_server.datastore.records import (
     ScanReport,
 )
 from annotation_server.datastore.scanner import LABELS_DIRNAME, DiscoveredStudy, discover_studies
-from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError, StoredFileChangedError
+from annotation_server.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    StoredFileChangedError,
+    UnsupportedFormatError,
+)
 from annotation_server.imaging import Geometry, Volume, read_geometry, read_volume, write_volume
 from annotation_server.imaging.conform import conform_label
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, split_extension
@@ -484,7 +490,29 @@ class LocalDatastore:
                 self._publish_head(head)
                 repaired += 1
                 logger.warning("label %s/%s: %s repaired to v%d", head.image_id, head.tag, link, head.version)
-        return repaired
+        return repaired + self._remove_retired_links()
+
+    def _remove_retired_links(self) -> int:
+        """A kill between retiring a label (index) and removing its link leaves a file for a label that no
+        longer counts; remove it (its versions stay in the history)."""
+        labels_root = self.root / LABELS_DIRNAME
+        if not labels_root.is_dir():
+            return 0
+        with_heads = {(h.image_id, h.tag) for heads in self.index.all_heads().values() for h in heads}
+        versioned = self.index.version_keys()
+        removed = 0
+        for tag_dir in (p for p in labels_root.iterdir() if p.is_dir()):
+            for path in (p for p in tag_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+                try:
+                    image_id, _ = split_extension(path.name, LABEL_EXTENSIONS)
+                except UnsupportedFormatError:
+                    continue
+                key = (image_id, tag_dir.name)
+                if key in versioned and key not in with_heads:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                    logger.warning("label %s/%s was retired: removed its leftover %s", *key, path)
+        return removed
 
     def label_head(self, image_id: str, tag: str = FINAL_TAG) -> LabelVersion:
         validate_image_id(image_id)
