@@ -69,7 +69,7 @@ def test_kill_9_during_concurrent_saves_loses_no_acknowledged_save() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import crash_saves
 
-    report = crash_saves.main(["--cycles", "2", "--writers", "3", "--images", "4", "--max-run-s", "2"])
+    report = crash_saves.main(["--cycles", "1", "--writers", "3", "--images", "4", "--max-run-s", "2"])
     print(json.dumps(report))
     assert report["acknowledged_saves"] > 0
     assert report["intact"] == report["acknowledged_saves"]

@@ -82,9 +82,9 @@ def test_no_server_errors_and_no_schema_violations(schemathesis_available, live_
     env = {"ANNOTATE_RESCAN_INTERVAL_S": "0", "ANNOTATE_MODEL_SYNC_INTERVAL_S": "0", "ANNOTATE_MAX_UPLOAD_MB": "64"}
     server = live_server("--app", "kidney", "--studies", str(studies), env=env)
     log = drain(server)
-    generated, passed, _ = run_schemathesis(server.url, max_time_s=60)
+    generated, passed, _ = run_schemathesis(server.url, max_time_s=45)
     print(f"schemathesis auth off: {generated} generated, {passed} passed")
-    assert generated > 500
+    assert generated > 300
     server.stop()
     assert not [line for line in log if "unexpected error" in line], "".join(log[-200:])
 
@@ -104,7 +104,7 @@ def test_no_server_errors_with_logins_on(schemathesis_available, live_server, st
         f"{server.url}/auth/token", data={"username": "annie", "password": "annotator-password-1"}
     ).json()["access_token"]
     generated, passed, _ = run_schemathesis(
-        server.url, max_time_s=20, extra=["-H", f"Authorization: Bearer {token}"], strict=False
+        server.url, max_time_s=15, extra=["-H", f"Authorization: Bearer {token}"], strict=False
     )
     print(f"schemathesis auth on (annotator): {generated} generated, {passed} passed")
-    assert generated > 100
+    assert generated > 50
