@@ -199,6 +199,7 @@ def test_label_bomb_via_api_is_413_and_fast(client, tmp_path: Path) -> None:  # 
         out.write(b"\0" * (1 << 20))
     response = client.put("/datastore/label?image=phantom_a", files={"label": ("b.nii.gz", path.read_bytes())})
     assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("'b.nii.gz' declares 1400x1000x1000")  # the client's name
     response = client.put("/datastore/?image=bomb", files={"file": ("b.nii.gz", path.read_bytes())})
     assert response.status_code == 413, response.text
     assert client.get("/datastore/label/versions?image=phantom_a").json()["versions"] == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -94,6 +95,14 @@ class HeaderInfo:
     itemsize: int
 
 
+_TEMP_PREFIX = re.compile(r"^(upload-)?[0-9a-f]{32}-(\d+-)?")
+
+
+def display_name(path: Path) -> str:
+    """The name a client gave its file: without the unique prefix uploads get while staged on the server."""
+    return _TEMP_PREFIX.sub("", path.name) or path.name
+
+
 def reason(exc: BaseException, path: Path) -> str:
     """A library's error text without the server-side folder (nibabel and ITK quote the full path)."""
     text = str(exc)
@@ -130,7 +139,7 @@ def _int_list(name: str, field: str, value: str) -> list[int]:
 
 
 def inspect_nrrd(path: Path, limits: ReadLimits, name: str | None = None) -> HeaderInfo:
-    name = name or path.name
+    name = name or display_name(path)
     head = _read_text_header(path)
     if not head.startswith(b"NRRD000"):
         raise CorruptFileError(f"'{name}' is not an NRRD file (no NRRD magic at its start)")
@@ -178,7 +187,7 @@ def inspect_nrrd(path: Path, limits: ReadLimits, name: str | None = None) -> Hea
 
 
 def inspect_meta(path: Path, limits: ReadLimits, name: str | None = None) -> HeaderInfo:
-    name = name or path.name
+    name = name or display_name(path)
     head = _read_text_header(path)
     fields: dict[str, str] = {}
     data_file: str | None = None
@@ -225,7 +234,7 @@ def _nifti_header_bytes(path: Path, name: str) -> bytes:
 
 
 def inspect_nifti(path: Path, limits: ReadLimits, name: str | None = None) -> HeaderInfo:
-    name = name or path.name
+    name = name or display_name(path)
     block = _nifti_header_bytes(path, name)
     if len(block) < 348:
         raise CorruptFileError(f"'{name}' is too short for a NIfTI header ({len(block)} bytes)")
@@ -275,4 +284,4 @@ def inspect_volume_file(path: Path, ext: str, limits: ReadLimits, name: str | No
         return inspect_nrrd(path, limits, name)
     if ext == ".mha":
         return inspect_meta(path, limits, name)
-    raise UnsupportedFormatError(f"'{name or path.name}' is not a format the server reads")
+    raise UnsupportedFormatError(f"'{name or display_name(path)}' is not a format the server reads")

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from annotation_server.errors import CorruptFileError, UnsupportedFormatError
 from annotation_server.imaging.dicom import dicom_geometry, read_dicom_series
 from annotation_server.imaging.formats import ITK_EXTENSIONS, LABEL_EXTENSIONS, NIFTI_EXTENSIONS, split_extension
-from annotation_server.imaging.headers import ReadLimits, inspect_volume_file, reason
+from annotation_server.imaging.headers import ReadLimits, display_name, inspect_volume_file, reason
 from annotation_server.imaging.volume import Geometry, Volume, affine_from_itk, itk_from_affine
 
 _READ_ERRORS = (
@@ -52,7 +52,7 @@ def _read_nifti(path: Path) -> Volume:
         array = np.asanyarray(img.dataobj)
     except _READ_ERRORS as exc:
         raise CorruptFileError(
-            f"cannot read NIfTI file '{path.name}' (truncated or damaged?): {reason(exc, path)}"
+            f"cannot read NIfTI file '{display_name(path)}' (truncated or damaged?): {reason(exc, path)}"
         ) from exc
     array = _to_3d(array, path.name)
     return Volume(array=array, geometry=Geometry(array.shape, img.affine), source_format="nifti", header=img.header)
@@ -73,13 +73,17 @@ def _read_itk(path: Path, header_format: str) -> Volume:
     try:
         image = _itk_reader(path, header_format).Execute()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read '{path.name}' (truncated or damaged?): {reason(exc, path)}") from exc
+        raise CorruptFileError(
+            f"cannot read '{display_name(path)}' (truncated or damaged?): {reason(exc, path)}"
+        ) from exc
     if image.GetDimension() not in (2, 3):
-        raise UnsupportedFormatError(f"'{path.name}' is {image.GetDimension()}-D; only 3-D volumes are supported")
+        raise UnsupportedFormatError(
+            f"'{display_name(path)}' is {image.GetDimension()}-D; only 3-D volumes are supported"
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedFormatError(
-            f"'{path.name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel (overlapping segment "
-            "layers?); export a single labelmap (one value per voxel) instead"
+            f"'{display_name(path)}' has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(overlapping segment layers?); export a single labelmap (one value per voxel) instead"
         )
     array = sitk.GetArrayFromImage(image).T  # ITK arrays are (k, j, i)
     if image.GetDimension() == 2:
@@ -113,7 +117,7 @@ def read_volume(path: Path | str, limits: ReadLimits | None = None) -> Volume:
         raise FileNotFoundError(path)
     _, ext = split_extension(path.name, LABEL_EXTENSIONS)
     if path.stat().st_size == 0:
-        raise CorruptFileError(f"'{path.name}' is empty")
+        raise CorruptFileError(f"'{display_name(path)}' is empty")
     header = inspect_volume_file(path, ext, limits)
     if ext in NIFTI_EXTENSIONS:
         return _read_nifti(path)
@@ -132,7 +136,7 @@ def read_geometry(path: Path | str, limits: ReadLimits | None = None) -> Geometr
         try:
             img = nib.load(str(path))
         except _READ_ERRORS as exc:
-            raise CorruptFileError(f"cannot read NIfTI header of '{path.name}': {reason(exc, path)}") from exc
+            raise CorruptFileError(f"cannot read NIfTI header of '{display_name(path)}': {reason(exc, path)}") from exc
         shape = img.shape
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
@@ -143,7 +147,7 @@ def read_geometry(path: Path | str, limits: ReadLimits | None = None) -> Geometr
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read header of '{path.name}': {reason(exc, path)}") from exc
+        raise CorruptFileError(f"cannot read header of '{display_name(path)}': {reason(exc, path)}") from exc
     if reader.GetDimension() == 2:
         return _read_itk(path, header.format).geometry
     affine = affine_from_itk(
@@ -225,5 +229,5 @@ def write_volume(
             metadata = _seg_nrrd_metadata(label_names, array)
         _write_itk(array, geometry, path, compress, metadata)
     else:  # pragma: no cover - split_extension already refused it
-        raise UnsupportedFormatError(f"cannot write '{path.name}'")
+        raise UnsupportedFormatError(f"cannot write '{display_name(path)}'")
     return path
