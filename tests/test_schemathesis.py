@@ -21,7 +21,7 @@ SEED = "20261207"
 
 
 def run_schemathesis(
-    url: str, max_time_s: int, extra: list[str] | None = None, strict: bool = True
+    url: str, max_time_s: int, workdir: Path, extra: list[str] | None = None, strict: bool = True
 ) -> tuple[int, int, str]:
     """(generated, passed, output) of one bounded run; asserts it ran and no generated case failed.
 
@@ -49,7 +49,8 @@ def run_schemathesis(
         "^/(train|scoring)",
         *(extra or []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=max_time_s + 120)
+    # Run in a scratch folder: schemathesis keeps a `.schemathesis/` cache in its working directory.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=max_time_s + 120, cwd=workdir)
     output = done.stdout + done.stderr
     match = re.search(r"(\d+) generated, (\d+) passed", output)
     assert match, output[-4000:]
@@ -78,11 +79,13 @@ def schemathesis_available() -> None:
 
 
 @pytest.mark.slow
-def test_no_server_errors_and_no_schema_violations(schemathesis_available, live_server, studies: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_server_errors_and_no_schema_violations(
+    schemathesis_available, live_server, studies: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     env = {"ANNOTATE_RESCAN_INTERVAL_S": "0", "ANNOTATE_MODEL_SYNC_INTERVAL_S": "0", "ANNOTATE_MAX_UPLOAD_MB": "64"}
     server = live_server("--app", "kidney", "--studies", str(studies), env=env)
     log = drain(server)
-    generated, passed, _ = run_schemathesis(server.url, max_time_s=45)
+    generated, passed, _ = run_schemathesis(server.url, max_time_s=45, workdir=tmp_path)
     print(f"schemathesis auth off: {generated} generated, {passed} passed")
     assert generated > 300
     server.stop()
@@ -104,7 +107,7 @@ def test_no_server_errors_with_logins_on(schemathesis_available, live_server, st
         f"{server.url}/auth/token", data={"username": "annie", "password": "annotator-password-1"}
     ).json()["access_token"]
     generated, passed, _ = run_schemathesis(
-        server.url, max_time_s=15, extra=["-H", f"Authorization: Bearer {token}"], strict=False
+        server.url, max_time_s=15, workdir=tmp_path, extra=["-H", f"Authorization: Bearer {token}"], strict=False
     )
     print(f"schemathesis auth on (annotator): {generated} generated, {passed} passed")
     assert generated > 50
