@@ -25,8 +25,8 @@ def run_schemathesis(
 ) -> tuple[int, int, str]:
     """(generated, passed, output) of one bounded run; asserts it ran and no generated case failed.
 
-    `strict=False` tolerates schemathesis's own runtime errors (a crash inside its schema coverage code,
-    not an answer of ours), still requiring every generated case to pass."""
+    `strict=False` tolerates schemathesis's own runtime errors (a crash inside its code, not an answer of
+    ours), still requiring every generated case to pass."""
     command = [
         shutil.which("schemathesis") or "schemathesis",
         "run",
@@ -40,7 +40,7 @@ def run_schemathesis(
         "--max-time",
         str(max_time_s),
         "--workers",
-        "2",
+        "1",  # CPython 3.11 can fail ast.parse in hypothesis when two threads describe strategies at once
         "--request-timeout",
         "30",
         "--seed",
@@ -107,7 +107,7 @@ def test_no_server_errors_with_logins_on(schemathesis_available, live_server, st
         f"{server.url}/auth/token", data={"username": "annie", "password": "annotator-password-1"}
     ).json()["access_token"]
     generated, passed, _ = run_schemathesis(
-        server.url, max_time_s=15, workdir=tmp_path, extra=["-H", f"Authorization: Bearer {token}"], strict=False
+        server.url, max_time_s=15, workdir=tmp_path, extra=["-H", f"Authorization: Bearer {token}"]
     )
     print(f"schemathesis auth on (annotator): {generated} generated, {passed} passed")
     assert generated > 50
