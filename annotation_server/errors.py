@@ -28,6 +28,10 @@ class CorruptFileError(InvalidRequestError):
     """A file has a supported format but cannot be read (truncated, damaged, empty)."""
 
 
+class TooLargeError(InvalidRequestError):
+    """A request or file is larger than a configured limit (upload size, voxel budget, archive size): 413."""
+
+
 class UnsupportedFormatError(AnnotationServerError):
     """A file's format (by extension or content) is not one the server reads."""
 
@@ -59,3 +63,10 @@ class BusyError(AnnotationServerError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StoredFileChangedError(AnnotationServerError):
+    """A saved label version's file no longer matches the sha256 recorded when it was saved (HTTP 500).
+
+    Versions are immutable; a changed file means tampering or disk damage, so it is reported, never served.
+    """

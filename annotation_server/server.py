@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Response
@@ -34,6 +35,7 @@ from annotation_server.api import (
     versions,
 )
 from annotation_server.api import audit as audit_api
+from annotation_server.api.body_limits import BodyLimits
 from annotation_server.api.docs import install_offline_docs
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.ohif import mount_ohif
@@ -47,6 +49,8 @@ from annotation_server.datastore import LocalDatastore
 from annotation_server.dicomweb.datastore import DicomWebDatastore, open_dicomweb_datastore
 from annotation_server.errors import NotFoundError, UpstreamError
 from annotation_server.federated import attach_federated_queue
+from annotation_server.imaging import read_volume
+from annotation_server.imaging.headers import ReadLimits
 from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.batch import BatchInferService
 from annotation_server.inference.cache import VolumeCache
@@ -148,19 +152,33 @@ def open_datastore(settings: Settings, app_spec: AppSpec) -> LocalDatastore | Di
     """A PACS over DICOMweb when `dicomweb_url` (or `--studies http://...`) is set, else a folder of studies."""
     if settings.dicomweb_url:
         return open_dicomweb_datastore(settings, app_spec.labels)
-    store = LocalDatastore(resolve_studies(settings))
+    store = LocalDatastore(resolve_studies(settings), limits=ReadLimits(settings.max_image_voxels))
+    store.repair_published_heads()  # a kill between a save's commit and its labels/<tag>/ link update
     store.rescan()
     return store
+
+
+def restrict_label_values(
+    store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec, tasks: dict[str, InferTask]
+) -> None:
+    """Saved labels may hold 0 and the values of the app's labels and its models' labels, nothing else."""
+    allowed = {0, *app_spec.labels.values()}
+    for task in tasks.values():
+        if isinstance(task.labels, Mapping):
+            allowed.update(int(v) for v in task.labels.values())
+    local = store.local if isinstance(store, DicomWebDatastore) else store
+    local.allowed_label_values = frozenset(allowed)
 
 
 def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     store = open_datastore(settings, app_spec)
     audit = AuditLog.for_data_dir(settings.data_dir)
+    limits = ReadLimits(settings.max_image_voxels)
     device, device_names = detect_device()
     registry = ModelRegistry(settings.registry_dir(app_spec.name))
     inference = InferenceService(
         tasks={},
-        cache=VolumeCache(settings.cache_mb << 20),
+        cache=VolumeCache(settings.cache_mb << 20, partial(read_volume, limits=limits)),
         datastore=store,
         work_dir=settings.data_dir / "tmp" / "results",
         workers=settings.infer_workers,
@@ -169,6 +187,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     # Loaded and warmed on the inference thread itself, where every later forward pass runs (see `call`).
     tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
     inference.tasks.update(tasks)
+    restrict_label_values(store, app_spec, tasks)
     fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)
@@ -201,7 +220,9 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         app=app_spec,
         datastore=store,
         inference=inference,
-        sessions=SessionStore(settings.session_dir, settings.session_expiry_s),
+        sessions=SessionStore(
+            settings.session_dir, settings.session_expiry_s, limits, max_extract_bytes=settings.max_upload_mb << 20
+        ),
         active_learning=ActiveLearningService(
             strategies, store, interactive.manager.locked_images, Reservations(settings.next_sample_reservation_s)
         ),
@@ -344,6 +365,13 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         redirect_slashes=False,
         docs_url=None,  # served from local files by install_offline_docs, not from a CDN
         redoc_url=None,
+    )
+    # Body limits sit inside CORS (added first = innermost), so a browser can read their 413/408/422.
+    app.add_middleware(
+        BodyLimits,
+        max_upload_bytes=settings.max_upload_mb << 20,
+        max_json_bytes=settings.max_json_kb << 10,
+        timeout_s=settings.body_timeout_s,
     )
     install_cors(app, settings.cors_origins)
     install_error_handlers(app)

@@ -116,6 +116,20 @@ class Settings(BaseSettings):
         description="Token signing secret (32+ chars); default: one generated once in <data dir>/auth/token_secret",
     )
 
+    max_image_voxels: int = Field(
+        1024**3 // 2,
+        ge=1,
+        description="Largest volume read (voxels, from the header, before any decompression); bytes are capped "
+        "at 4 per voxel of it",
+    )
+
+    max_json_kb: int = Field(
+        1024, ge=1, description="Largest JSON or url-encoded request body, in KB (bigger: 413 before parsing)"
+    )
+    body_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a request's whole body may take to arrive (slower: 408)"
+    )
+
     ohif: bool = Field(
         False,
         description="Serve OHIF v3 (from the installed monailabel package) at /ohif/ and proxy its DICOMweb "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import Body, Depends, Request
@@ -9,7 +10,7 @@ from fastapi import Body, Depends, Request
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.auth.dependencies import acting_user, current_principal
-from annotation_server.auth.roles import Principal
+from annotation_server.auth.roles import Principal, Role
 from annotation_server.errors import InvalidRequestError
 from annotation_server.services import Services
 
@@ -32,4 +33,9 @@ def next_sample(
     declared = client_id if isinstance(client_id, str) and client_id else None
     address = f"address:{request.client.host if request.client else 'unknown'}"
     annotator = acting_user(principal, declared) or address
-    return services.active_learning.next_sample(strategy, params or {}, annotator)
+    answer = services.active_learning.next_sample(strategy, params or {}, annotator)
+    if "path" in answer and not principal.has(Role.admin):
+        # Server paths are for admins. 3D Slicer loads `path` only when it exists on its own machine and
+        # otherwise downloads GET /datastore/image?image=<id>, so a bare file name keeps it working.
+        answer["path"] = Path(answer["path"]).name
+    return answer

@@ -20,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import ImageAdded, LabelHistory, LabelSaved, ScanResult
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
 from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
-from annotation_server.auth.roles import Principal
+from annotation_server.auth.roles import Principal, Role
 from annotation_server.checksums import file_digest
 from annotation_server.datastore import FINAL_TAG, LabelSource
 from annotation_server.errors import InvalidRequestError, NotFoundError
@@ -60,13 +61,18 @@ def _source(params: dict[str, Any]) -> LabelSource | None:
 # ------------------------------------------------------------------------------------------- listing
 @router.get("/datastore/", summary="Datastore listing: stats (default), all (MONAI Label document) or train pairs")
 def datastore_listing(
-    output: ListingOutput = Query(ListingOutput.stats), services: Services = Depends(get_services)
+    output: ListingOutput = Query(ListingOutput.stats),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> Any:
     ds = services.datastore
     if output is ListingOutput.all:
         return ds.dump()
     if output is ListingOutput.train:
-        return ds.train_pairs()
+        pairs = ds.train_pairs()
+        if principal.has(Role.admin):
+            return pairs
+        return [{key: Path(value).name for key, value in pair.items()} for pair in pairs]  # no server paths
     return ds.stats()
 
 
@@ -157,9 +163,16 @@ def head_image(
     return Response(status_code=200)
 
 
-@router.get("/datastore/image/info", summary="Image info (plus its server path)")
-def get_image_info(image: str = Query(...), services: Services = Depends(get_services)) -> dict[str, Any]:
-    return services.datastore.image_info(image)
+@router.get("/datastore/image/info", summary="Image info (plus its server path, for admins)")
+def get_image_info(
+    image: str = Query(...),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
+) -> dict[str, Any]:
+    info = services.datastore.image_info(image)
+    if not principal.has(Role.admin):
+        info.pop("path", None)  # where the data lives on the server is an admin's business
+    return info
 
 
 @router.put("/datastore/image/info", summary="Merge keys into the image info")
@@ -231,7 +244,7 @@ def head_label(image: str = Query(...), tag: str = Query(FINAL_TAG), services: S
 def download_label(
     label: str = Query(..., description="image id"),
     tag: str = Query(FINAL_TAG),
-    version: int | None = Query(None, ge=1, description="a version number from /datastore/label/versions"),
+    version: int | None = Query(None, ge=1, le=MAX_INT, description="a version number from /datastore/label/versions"),
     services: Services = Depends(get_services),
 ) -> FileResponse:
     ds = services.datastore
@@ -286,7 +299,7 @@ def update_label_info_deprecated(
 # ------------------------------------------------------------------------------------------- dataset
 @router.get("/datastore/dataset", summary="Zip of labeled images with their final labels and metadata.json")
 def dataset(
-    limit_cases: int | None = Query(None, ge=1),
+    limit_cases: int | None = Query(None, ge=1, le=MAX_INT),
     services: Services = Depends(get_services),
     audit: Audit = Depends(request_audit),
 ) -> Response:

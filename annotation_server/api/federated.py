@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal
@@ -55,7 +56,7 @@ class ExcludeRequest(BaseModel):
     reviewer: str = Field("reviewer", min_length=1, max_length=200)
 
 
-EntryId = Path(..., ge=1, description="the entry's id (from GET /fl/queue)")
+EntryId = Path(..., ge=1, le=MAX_INT, description="the entry's id (from GET /fl/queue)")
 
 
 @router.get("/fl/queue", response_model=QueuePage, summary="Federated training queue entries, newest first")
@@ -66,7 +67,7 @@ def list_queue(
     since: datetime | None = Query(None, description="labels saved at or after (ISO 8601 or seconds since epoch)"),
     image: str | None = Query(None, max_length=200, description="one image's entries"),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_INT),
     queue: FederatedQueue = Depends(get_queue),
 ) -> QueuePage:
     total, entries = queue.list_entries(

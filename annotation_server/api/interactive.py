@@ -19,18 +19,20 @@ from typing import Any
 
 from fastapi import Body, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
 from annotation_server.api.deps import get_services
+from annotation_server.api.errors import validation_message
 from annotation_server.api.routing import CompatRouter
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.api.uploads import parse_json_object, save_upload, upload_name
 from annotation_server.audit.context import Audit, request_audit
 from annotation_server.auth.dependencies import acting_user, current_principal
 from annotation_server.auth.roles import Principal, Role
-from annotation_server.errors import ForbiddenError
+from annotation_server.errors import ForbiddenError, InvalidRequestError
 from annotation_server.imaging import write_volume
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, split_extension
 from annotation_server.interactive.prompts import Prompt
@@ -77,7 +79,9 @@ class OpenSession(BaseModel):
     from_label: str | None = Field(
         None, description="start from this saved label tag (e.g. 'final', or 'original' for a model's) to correct it"
     )
-    from_version: int | None = Field(None, ge=1, description="with from_label: which version (default: the latest)")
+    from_version: int | None = Field(
+        None, ge=1, le=MAX_INT, description="with from_label: which version (default: the latest)"
+    )
 
 
 class PromptRequest(BaseModel):
@@ -155,7 +159,10 @@ async def open_upload_session(
     services: Services = Depends(get_services),
     principal: Principal = Depends(current_principal),
 ) -> dict[str, Any]:
-    options = OpenSession.model_validate({"image": "upload", **parse_json_object(params)})
+    try:
+        options = OpenSession.model_validate({**parse_json_object(params), "image": "upload"})
+    except ValidationError as exc:
+        raise InvalidRequestError(f"invalid params: {validation_message(exc.errors())}") from exc
     name = upload_name(file)
     split_extension(name, IMAGE_EXTENSIONS)
     target = services.settings.data_dir / "interactive" / "uploads" / f"{uuid.uuid4().hex}-{name}"

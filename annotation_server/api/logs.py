@@ -20,7 +20,7 @@ def logs(
     lines: int = Query(300, ge=1, le=100_000),
     html_output: bool = Query(False, alias="html"),
     text: bool = Query(True),
-    refresh: int = Query(0, ge=0, description="HTML only: reload every N seconds"),
+    refresh: int = Query(0, ge=0, le=86_400, description="HTML only: reload every N seconds"),
     services: Services = Depends(get_services),
 ) -> Response:
     path = services.settings.log_file

@@ -12,7 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
 from annotation_server.api.schemas import SessionCreated
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.api.uploads import save_upload, upload_name
+from annotation_server.auth.dependencies import current_principal
+from annotation_server.auth.roles import Principal, Role
 from annotation_server.errors import InvalidRequestError
 from annotation_server.services import Services
 from annotation_server.sessions import SessionInfo
@@ -24,9 +27,10 @@ router = CompatRouter(tags=["session"])
 async def create_session(
     request: Request,
     uncompress: bool = Query(False, description="unpack an uploaded zip/tar (e.g. a DICOM series)"),
-    expiry: int = Query(0, ge=0, description="seconds after last use; 0 = server default"),
+    expiry: int = Query(0, ge=0, le=MAX_INT, description="seconds after last use; 0 = server default"),
     files: list[UploadFile] = File(..., description="one image file, or the slices of a DICOM series"),
     services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> SessionCreated:
     uploads = []
     staging = services.settings.session_dir / ".incoming"
@@ -43,7 +47,14 @@ async def create_session(
     finally:
         for _, path in uploads:
             path.unlink(missing_ok=True)
-    return SessionCreated(session_id=session_id, session_info=info)
+    return SessionCreated(session_id=session_id, session_info=_shown(info, principal))
+
+
+def _shown(info: SessionInfo, principal: Principal) -> SessionInfo:
+    """Server paths (`path`, `image`) only for admins; others see the image's file name."""
+    if principal.has(Role.admin):
+        return info
+    return info.model_copy(update={"path": "", "image": Path(info.image).name})
 
 
 @router.get("/session/{session_id}", response_model=SessionInfo, summary="Session info, or its image with image=true")
@@ -52,6 +63,7 @@ def get_session(
     update_ts: bool = Query(False),
     image: bool = Query(False, description="return the session's image file instead of its info"),
     services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> SessionInfo | FileResponse:
     info = services.sessions.get(session_id, update_ts)
     if image:
@@ -59,9 +71,11 @@ def get_session(
         if not path.is_file():
             raise InvalidRequestError("this session's image is a DICOM folder; it cannot be sent as one file")
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
-    return info
+    return _shown(info, principal)
 
 
 @router.delete("/session/{session_id}", response_model=SessionInfo, summary="Remove a session and its files")
-def remove_session(session_id: str, services: Services = Depends(get_services)) -> SessionInfo:
-    return services.sessions.remove(session_id)
+def remove_session(
+    session_id: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)
+) -> SessionInfo:
+    return _shown(services.sessions.remove(session_id), principal)

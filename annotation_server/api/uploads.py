@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
 
+from annotation_server.api import strict_json
 from annotation_server.api.errors import PayloadTooLargeError
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging.formats import basename
@@ -46,12 +46,7 @@ def parse_json_object(text: str | None, field: str = "params") -> dict[str, Any]
     """Parse a form field that must hold a JSON object; a clear 422 otherwise."""
     if text is None or text.strip() == "":
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            f"'{field}' is not valid JSON ({exc.msg} at position {exc.pos}): {text[:80]!r}"
-        ) from exc
+    value = strict_json.loads(text, field)
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from annotation_server.api.deps import get_services
 from annotation_server.api.routing import CompatRouter
+from annotation_server.api.strict_json import MAX_INT
 from annotation_server.audit.context import Audit, request_audit
 from annotation_server.errors import NotFoundError
 from annotation_server.registry import ModelVersion, RegistryEvent
@@ -23,13 +24,13 @@ class VersionList(BaseModel):
 
 
 class PromoteRequest(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
     reason: str = ""
     client_id: str | None = None
 
 
 class RollbackRequest(BaseModel):
-    to: int | None = Field(None, ge=1, description="version to serve (default: the one that served before)")
+    to: int | None = Field(None, ge=1, le=MAX_INT, description="version to serve (default: the one that served before)")
     reason: str = ""
     client_id: str | None = None
 

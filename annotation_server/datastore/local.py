@@ -15,6 +15,7 @@ index row, then updates the `labels/<tag>/` link. A crash at any step leaves the
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import threading
@@ -39,10 +40,17 @@ from annotation_server.datastore.records import (
     ScanReport,
 )
 from annotation_server.datastore.scanner import LABELS_DIRNAME, DiscoveredStudy, discover_studies
-from annotation_server.errors import ConflictError, InvalidRequestError, NotFoundError
+from annotation_server.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    StoredFileChangedError,
+    UnsupportedFormatError,
+)
 from annotation_server.imaging import Geometry, Volume, read_geometry, read_volume, write_volume
 from annotation_server.imaging.conform import conform_label
 from annotation_server.imaging.formats import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, split_extension
+from annotation_server.imaging.headers import ReadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +58,39 @@ STATE_DIRNAME = ".annotation-server"
 DICOM_DOWNLOAD_EXT = ".nii.gz"
 
 
-def _check_label_values(array: np.ndarray) -> None:
-    """Labels hold non-negative whole numbers (segment ids); anything else is a mistaken upload."""
+def _check_label_values(array: np.ndarray, allowed: frozenset[int] | None = None) -> None:
+    """Labels hold non-negative whole numbers (segment ids) of the app's label set; anything else is a
+    mistaken upload (and would be queued for training as a class no model has)."""
     if array.dtype.kind == "b":
         return
     if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (np.round(array) == array)):
         raise InvalidRequestError("label has fractional or non-finite voxel values; save a labelmap of whole numbers")
     if array.size and array.min() < 0:
         raise InvalidRequestError("label has negative voxel values; segment values must be 0 (background) or more")
+    if allowed is None or not array.size:
+        return
+    top = int(array.max())
+    if top < 1 << 16:  # a histogram is ~10x faster than np.unique on a full CT-sized label
+        present = np.flatnonzero(np.bincount(np.asarray(array, dtype=np.int64).ravel(), minlength=1))
+    else:
+        present = np.unique(array).astype(np.int64)
+    bad = sorted(int(v) for v in present if int(v) not in allowed)
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InvalidRequestError(
+            f"label has voxel values {shown} outside this app's label set {sorted(allowed)}; "
+            "relabel them (GET /info/ lists the labels and their values) or set them to 0"
+        )
 
 
 class LocalDatastore:
     """Folder + SQLite datastore. Thread-safe; one instance per server."""
 
-    def __init__(self, root: Path, state_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, state_dir: Path | None = None, limits: ReadLimits | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or ReadLimits()  # voxel budget for every file read: uploads and the studies folder
+        # Voxel values a saved label may hold (0 and the app's and models' label values); None: any.
+        self.allowed_label_values: frozenset[int] | None = None
         self.root = root.resolve()
         self.state_dir = (state_dir or self.root / STATE_DIRNAME).resolve()
         self.versions_dir = self.state_dir / "versions"
@@ -218,7 +244,7 @@ class LocalDatastore:
         cached = self.index.get_geometry(image_id)
         if cached is not None:
             return Geometry.from_json(cached)
-        geometry = read_geometry(self.image_path(image_id))
+        geometry = read_geometry(self.image_path(image_id), self.limits)
         self.index.set_geometry(image_id, geometry.to_json())
         return geometry
 
@@ -243,7 +269,7 @@ class LocalDatastore:
         staged = upload.with_name(upload.name + ext) if not upload.name.endswith(ext) else upload
         if staged != upload:
             upload.rename(staged)
-        read_volume(staged)  # refuse unreadable files before they enter the store
+        read_volume(staged, self.limits)  # refuse unreadable files before they enter the store
         target = self.root / f"{image_id}{ext}"
         with self._write_lock:
             existing = self.index.get_image(image_id)
@@ -316,7 +342,7 @@ class LocalDatastore:
             return path, record.name
         converted = self.state_dir / "converted" / f"{record.id}{DICOM_DOWNLOAD_EXT}"
         if not converted.is_file() or converted.stat().st_mtime < path.stat().st_mtime:
-            volume = read_volume(path)
+            volume = read_volume(path, self.limits)
             staged = self._temp_path(converted.name)
             write_volume(volume.array, volume.geometry, staged)
             atomic_move(staged, converted)
@@ -348,11 +374,11 @@ class LocalDatastore:
         tag = validate_tag(tag or FINAL_TAG)
         _, ext = split_extension(filename, LABEL_EXTENSIONS)
         staged = upload if upload.name.endswith(ext) else upload.rename(upload.with_name(upload.name + ext))
-        label = read_volume(staged)
+        label = read_volume(staged, self.limits)
         image_geometry = self.image_geometry(image_id)
         # Only 3D Slicer's segmentation format is saved cropped to its extent by design.
         array = conform_label(label.array, label.geometry, image_geometry, allow_subgrid=ext == ".seg.nrrd")
-        _check_label_values(label.array)
+        _check_label_values(label.array, self.allowed_label_values)
         if array is not label.array:  # a cropped sub-grid was padded: write the full-grid label instead
             padded = self._temp_path(f"padded{ext}")
             write_volume(array, image_geometry, padded)
@@ -379,7 +405,7 @@ class LocalDatastore:
             raise InvalidRequestError(
                 f"label shape {tuple(array.shape)} differs from image '{record.id}' shape {geometry.shape}"
             )
-        _check_label_values(array)
+        _check_label_values(array, self.allowed_label_values)
         staged = self._temp_path(f"label{ext}")
         write_volume(array, geometry, staged, reference=reference)
         return self._commit_label(image_id, tag, ext, staged, author, info, source, array)
@@ -435,6 +461,59 @@ class LocalDatastore:
                 (tag_dir / f"{label.image_id}{other}").unlink(missing_ok=True)
         atomic_link(self.state_dir / label.relpath, tag_dir / f"{label.image_id}{label.ext}")
 
+    def repair_published_heads(self) -> int:
+        """Point every `labels/<tag>/<id><ext>` at its head version again, as the index says.
+
+        A save commits the index row before it updates that link, so a crash (kill -9) in between leaves the
+        file MONAI Label tools read one version behind. The server runs it at start (not every opener: a
+        training job opening the store while the server saves must not race it); returns how many it repaired.
+        """
+        repaired = 0
+        for heads in self.index.all_heads().values():
+            for head in heads:
+                version_file = self.state_dir / head.relpath
+                link = self.root / LABELS_DIRNAME / head.tag / f"{head.image_id}{head.ext}"
+                if not version_file.is_file():
+                    logger.error(
+                        "label %s/%s v%d: version file %s is missing",
+                        head.image_id,
+                        head.tag,
+                        head.version,
+                        version_file,
+                    )
+                    continue
+                try:
+                    if link.is_file() and (os.path.samefile(link, version_file) or file_sha256(link) == head.sha256):
+                        continue
+                except OSError:
+                    pass
+                self._publish_head(head)
+                repaired += 1
+                logger.warning("label %s/%s: %s repaired to v%d", head.image_id, head.tag, link, head.version)
+        return repaired + self._remove_retired_links()
+
+    def _remove_retired_links(self) -> int:
+        """A kill between retiring a label (index) and removing its link leaves a file for a label that no
+        longer counts; remove it (its versions stay in the history)."""
+        labels_root = self.root / LABELS_DIRNAME
+        if not labels_root.is_dir():
+            return 0
+        with_heads = {(h.image_id, h.tag) for heads in self.index.all_heads().values() for h in heads}
+        versioned = self.index.version_keys()
+        removed = 0
+        for tag_dir in (p for p in labels_root.iterdir() if p.is_dir()):
+            for path in (p for p in tag_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+                try:
+                    image_id, _ = split_extension(path.name, LABEL_EXTENSIONS)
+                except UnsupportedFormatError:
+                    continue
+                key = (image_id, tag_dir.name)
+                if key in versioned and key not in with_heads:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                    logger.warning("label %s/%s was retired: removed its leftover %s", *key, path)
+        return removed
+
     def label_head(self, image_id: str, tag: str = FINAL_TAG) -> LabelVersion:
         validate_image_id(image_id)
         tag = validate_tag(tag or FINAL_TAG)
@@ -451,8 +530,22 @@ class LocalDatastore:
             raise NotFoundError(f"label '{image_id}' tag '{tag}' has no version {version}")
         return label
 
-    def label_file(self, label: LabelVersion) -> Path:
-        return self.state_dir / label.relpath
+    def label_file(self, label: LabelVersion, verify: bool = True) -> Path:
+        """The version's file, after checking it still has the sha256 recorded at save time.
+
+        `verify=False` only where the path is handed on unread (a training datalist).
+        """
+        path = self.state_dir / label.relpath
+        if verify and label.sha256 and file_sha256(path) != label.sha256:
+            logger.error(
+                "label %s/%s v%d: %s changed since it was saved", label.image_id, label.tag, label.version, path
+            )
+            raise StoredFileChangedError(
+                f"label '{label.image_id}' tag '{label.tag}' version {label.version} was changed on disk after it "
+                "was saved (its sha256 differs from the one recorded); it is not served. An admin should restore "
+                "it from backup; other versions are unaffected"
+            )
+        return path
 
     def label_versions(self, image_id: str, tag: str | None = None) -> list[LabelVersion]:
         validate_image_id(image_id)
@@ -499,7 +592,7 @@ class LocalDatastore:
             }
         return {
             "name": self.root.name,
-            "description": f"Studies in {self.root}",
+            "description": f"Studies in {self.root.name}",  # the folder's name, not its server path
             "images_dir": ".",
             "labels_dir": LABELS_DIRNAME,
             "objects": objects,
@@ -512,7 +605,9 @@ class LocalDatastore:
         for record in self.index.list_images():
             final = next((h for h in heads.get(record.id, []) if h.tag == FINAL_TAG), None)
             if final is not None:
-                pairs.append({"image": str(self.root / record.relpath), "label": str(self.label_file(final))})
+                pairs.append(
+                    {"image": str(self.root / record.relpath), "label": str(self.label_file(final, verify=False))}
+                )
         return pairs
 
     # ------------------------------------------------------------------------------ next-sample queries

@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 
 from annotation_server.errors import CorruptFileError, InvalidRequestError, UnsupportedFormatError
+from annotation_server.imaging.headers import ReadLimits, reason
 from annotation_server.imaging.volume import RAS_FROM_LPS, Geometry, Volume
 
 logger = logging.getLogger(__name__)
@@ -145,16 +146,30 @@ def dicom_geometry(folder: Path) -> tuple[Geometry, list[Path], dict[str, Any]]:
     return geometry, [p for p, _ in slices], meta
 
 
-def read_dicom_series(folder: Path) -> Volume:
-    """Read the largest series in `folder`, rescaled to modality units (HU for CT)."""
+def read_dicom_series(folder: Path, limits: ReadLimits | None = None) -> Volume:
+    """Read the largest series in `folder`, rescaled to modality units (HU for CT).
+
+    The voxel budget is checked from the headers (rows x columns x slices) before any pixel data is
+    decoded, and each slice must decode to exactly its declared rows x columns.
+    """
     geometry, files, meta = dicom_geometry(folder)
+    (limits or ReadLimits()).check(folder.name, geometry.shape, 2)
     planes = []
+    rows_cols = (geometry.shape[1], geometry.shape[0])
     for path in files:
         try:
             ds = pydicom.dcmread(path)
+            if int(ds.get("NumberOfFrames", 1) or 1) != 1 or (int(ds.Rows), int(ds.Columns)) != rows_cols:
+                raise CorruptFileError(
+                    f"DICOM slice '{path.name}' is not one {rows_cols[0]}x{rows_cols[1]} frame like the series"
+                )
             pixels = ds.pixel_array
+        except CorruptFileError:
+            raise
         except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            raise CorruptFileError(f"cannot decode DICOM slice '{path.name}' in '{folder.name}': {exc}") from exc
+            raise CorruptFileError(
+                f"cannot decode DICOM slice '{path.name}' in '{folder.name}': {reason(exc, path)}"
+            ) from exc
         planes.append(apply_rescale(pixels, ds).T)  # (row, col) -> (i, j)
     array = np.stack(planes, axis=-1)
     if np.all(np.mod(array, 1) == 0) and array.min() >= -32768 and array.max() <= 32767:

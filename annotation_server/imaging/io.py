@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from annotation_server.errors import CorruptFileError, UnsupportedFormatError
 from annotation_server.imaging.dicom import dicom_geometry, read_dicom_series
 from annotation_server.imaging.formats import ITK_EXTENSIONS, LABEL_EXTENSIONS, NIFTI_EXTENSIONS, split_extension
+from annotation_server.imaging.headers import ReadLimits, display_name, inspect_volume_file, reason
 from annotation_server.imaging.volume import Geometry, Volume, affine_from_itk, itk_from_affine
 
 _READ_ERRORS = (
@@ -50,22 +51,39 @@ def _read_nifti(path: Path) -> Volume:
         img = nib.load(str(path))
         array = np.asanyarray(img.dataobj)
     except _READ_ERRORS as exc:
-        raise CorruptFileError(f"cannot read NIfTI file '{path.name}' (truncated or damaged?): {exc}") from exc
+        raise CorruptFileError(
+            f"cannot read NIfTI file '{display_name(path)}' (truncated or damaged?): {reason(exc, path)}"
+        ) from exc
     array = _to_3d(array, path.name)
     return Volume(array=array, geometry=Geometry(array.shape, img.affine), source_format="nifti", header=img.header)
 
 
-def _read_itk(path: Path) -> Volume:
+_ITK_IO = {"nrrd": "NrrdImageIO", "meta": "MetaImageIO"}
+
+
+def _itk_reader(path: Path, header_format: str) -> sitk.ImageFileReader:
+    """A reader forced to the ImageIO whose header we verified (never one SimpleITK picks from the content)."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_ITK_IO[header_format])
+    reader.SetFileName(str(path))
+    return reader
+
+
+def _read_itk(path: Path, header_format: str) -> Volume:
     try:
-        image = sitk.ReadImage(str(path))
+        image = _itk_reader(path, header_format).Execute()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read '{path.name}' (truncated or damaged?): {exc}") from exc
+        raise CorruptFileError(
+            f"cannot read '{display_name(path)}' (truncated or damaged?): {reason(exc, path)}"
+        ) from exc
     if image.GetDimension() not in (2, 3):
-        raise UnsupportedFormatError(f"'{path.name}' is {image.GetDimension()}-D; only 3-D volumes are supported")
+        raise UnsupportedFormatError(
+            f"'{display_name(path)}' is {image.GetDimension()}-D; only 3-D volumes are supported"
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedFormatError(
-            f"'{path.name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel (overlapping segment "
-            "layers?); export a single labelmap (one value per voxel) instead"
+            f"'{display_name(path)}' has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(overlapping segment layers?); export a single labelmap (one value per voxel) instead"
         )
     array = sitk.GetArrayFromImage(image).T  # ITK arrays are (k, j, i)
     if image.GetDimension() == 2:
@@ -85,46 +103,53 @@ def _read_itk(path: Path) -> Volume:
     )
 
 
-def read_volume(path: Path | str) -> Volume:
-    """Read a 3-D image or label: a NIfTI/NRRD/MHA file, or a folder holding one DICOM series."""
+def read_volume(path: Path | str, limits: ReadLimits | None = None) -> Volume:
+    """Read a 3-D image or label: a NIfTI/NRRD/MHA file, or a folder holding one DICOM series.
+
+    The header is checked first (`imaging.headers`): files naming other files are refused (415) and the
+    declared size must fit `limits` (413) before a voxel is read or decompressed.
+    """
     path = Path(path)
+    limits = limits or ReadLimits()
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, limits)
     if not path.is_file():
         raise FileNotFoundError(path)
     _, ext = split_extension(path.name, LABEL_EXTENSIONS)
     if path.stat().st_size == 0:
-        raise CorruptFileError(f"'{path.name}' is empty")
+        raise CorruptFileError(f"'{display_name(path)}' is empty")
+    header = inspect_volume_file(path, ext, limits)
     if ext in NIFTI_EXTENSIONS:
         return _read_nifti(path)
-    return _read_itk(path)
+    return _read_itk(path, header.format)
 
 
-def read_geometry(path: Path | str) -> Geometry:
+def read_geometry(path: Path | str, limits: ReadLimits | None = None) -> Geometry:
     """The grid of an image without reading its voxels (headers only), for fast label validation."""
     path = Path(path)
+    limits = limits or ReadLimits()
     if path.is_dir():
         return dicom_geometry(path)[0]
     _, ext = split_extension(path.name, LABEL_EXTENSIONS)
+    header = inspect_volume_file(path, ext, limits)
     if ext in NIFTI_EXTENSIONS:
         try:
             img = nib.load(str(path))
         except _READ_ERRORS as exc:
-            raise CorruptFileError(f"cannot read NIfTI header of '{path.name}': {exc}") from exc
+            raise CorruptFileError(f"cannot read NIfTI header of '{display_name(path)}': {reason(exc, path)}") from exc
         shape = img.shape
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
         if len(shape) == 2:
             shape = (*shape, 1)
         return Geometry(shape, img.affine)  # type: ignore[arg-type]
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader = _itk_reader(path, header.format)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise CorruptFileError(f"cannot read header of '{path.name}': {exc}") from exc
+        raise CorruptFileError(f"cannot read header of '{display_name(path)}': {reason(exc, path)}") from exc
     if reader.GetDimension() == 2:
-        return _read_itk(path).geometry
+        return _read_itk(path, header.format).geometry
     affine = affine_from_itk(
         np.asarray(reader.GetDirection()), np.asarray(reader.GetSpacing()), np.asarray(reader.GetOrigin())
     )
@@ -204,5 +229,5 @@ def write_volume(
             metadata = _seg_nrrd_metadata(label_names, array)
         _write_itk(array, geometry, path, compress, metadata)
     else:  # pragma: no cover - split_extension already refused it
-        raise UnsupportedFormatError(f"cannot write '{path.name}'")
+        raise UnsupportedFormatError(f"cannot write '{display_name(path)}'")
     return path

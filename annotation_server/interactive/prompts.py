@@ -7,6 +7,7 @@ All coordinates are voxel indices [i, j, k] into the image as stored (the MONAI 
 from __future__ import annotations
 
 import base64
+import math
 import zlib
 from typing import Annotated, Literal
 
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from annotation_server.errors import InvalidRequestError
 
 Voxel = tuple[int, int, int]
+MAX_SCRIBBLE_VOXELS = 1024**3 // 2  # the default image budget; the image's own shape is checked too
+NonNegative = Annotated[int, Field(ge=0, le=2**31)]
+Positive = Annotated[int, Field(ge=1, le=2**31)]
 
 
 class _Prompt(BaseModel):
@@ -55,16 +59,33 @@ class ScribblePrompt(_Prompt):
     """Voxels the annotator painted: a sparse mask sent as its bounding box, zlib-compressed uint8, base64."""
 
     type: Literal["scribble"] = "scribble"
-    offset: Voxel
-    shape: Voxel
+    offset: tuple[NonNegative, NonNegative, NonNegative]
+    shape: tuple[Positive, Positive, Positive] = Field(description="size of the painted box; each axis at least 1")
     data: str = Field(description="base64 of zlib-compressed uint8 (C order over i, j, k); non-zero = painted")
 
-    def voxels(self) -> np.ndarray:
+    def voxels(self, within: tuple[int, ...] | None = None) -> np.ndarray:
+        """The painted voxels. The box is checked against the image (`within`) before anything is inflated,
+        and inflation stops one byte past the box's size, so a small bomb never grows past the box."""
+        expected = math.prod(self.shape)
+        if expected > MAX_SCRIBBLE_VOXELS:
+            raise InvalidRequestError(
+                f"scribble box of shape {list(self.shape)} is larger than {MAX_SCRIBBLE_VOXELS} voxels; send the "
+                "painted voxels' bounding box only"
+            )
+        if within is not None and any(o + n > w for o, n, w in zip(self.offset, self.shape, within, strict=True)):
+            raise InvalidRequestError(
+                f"scribble box at {list(self.offset)} of shape {list(self.shape)} reaches outside the image "
+                f"{list(within)}"
+            )
         try:
-            raw = zlib.decompress(base64.b64decode(self.data))
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(base64.b64decode(self.data, validate=True), expected + 1)
         except (ValueError, zlib.error) as exc:
             raise InvalidRequestError(f"scribble data is not base64 zlib: {exc}") from exc
-        expected = int(np.prod(self.shape))
+        if len(raw) > expected or inflater.unconsumed_tail:
+            raise InvalidRequestError(f"scribble data holds more than {expected} voxels, shape {list(self.shape)}")
+        if not inflater.eof:
+            raise InvalidRequestError("scribble data is not base64 zlib: the compressed stream is incomplete")
         if len(raw) != expected:
             raise InvalidRequestError(
                 f"scribble data holds {len(raw)} voxels, shape {list(self.shape)} needs {expected}"

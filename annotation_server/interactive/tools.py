@@ -62,7 +62,7 @@ def refine_object(
         obj.foreground.append(tuple(int(v) for v in (lo + hi) // 2))
         clip = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))  # type: ignore[assignment]
     else:
-        voxels = prompt.voxels()
+        voxels = prompt.voxels(shape)
         if len(voxels) == 0:
             raise InvalidRequestError("the scribble paints no voxel")
         check_points([tuple(voxels.min(axis=0)), tuple(voxels.max(axis=0))], shape, "scribble")

@@ -16,14 +16,15 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, Field
 
 from annotation_server.datastore.atomic import atomic_write_bytes
-from annotation_server.errors import InvalidRequestError, NotFoundError
+from annotation_server.errors import InvalidRequestError, NotFoundError, TooLargeError
 from annotation_server.imaging import read_volume
 from annotation_server.imaging.formats import basename
+from annotation_server.imaging.headers import ReadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,12 @@ class SessionInfo(BaseModel):
 class SessionStore:
     """Creates, finds and expires sessions under `root`."""
 
-    def __init__(self, root: Path, max_expiry_s: int) -> None:
+    def __init__(
+        self, root: Path, max_expiry_s: int, limits: ReadLimits | None = None, max_extract_bytes: int = 2048 << 20
+    ) -> None:
         self.root = root
+        self.limits = limits or ReadLimits()
+        self.max_extract_bytes = max_extract_bytes  # what an archive may expand to (ANNOTATE_MAX_UPLOAD_MB)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_expiry_s = max_expiry_s
         self._lock = threading.Lock()
@@ -72,8 +77,8 @@ class SessionStore:
         folder = self.root / session_id
         folder.mkdir(parents=True)
         try:
-            image = self._place_files(folder, uploads, uncompress)
-            read_volume(image)  # an unreadable image is refused now, not at the first click
+            image = self._place_files(folder, uploads, uncompress, self.max_extract_bytes)
+            read_volume(image, self.limits)  # an unreadable image is refused now, not at the first click
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -93,7 +98,7 @@ class SessionStore:
         return session_id, info
 
     @staticmethod
-    def _place_files(folder: Path, uploads: list[tuple[str, Path]], uncompress: bool) -> Path:
+    def _place_files(folder: Path, uploads: list[tuple[str, Path]], uncompress: bool, max_bytes: int) -> Path:
         if len(uploads) == 1 and not uncompress:
             name, temp = uploads[0]
             target = folder / basename(name)
@@ -103,7 +108,7 @@ class SessionStore:
         image_dir.mkdir()
         for name, temp in uploads:
             if uncompress:
-                _safe_extract(temp, image_dir, basename(name))
+                _safe_extract(temp, image_dir, basename(name), max_bytes)
             else:
                 shutil.move(str(temp), image_dir / basename(name))
         entries = [p for p in image_dir.iterdir() if not p.name.startswith(".")]
@@ -156,20 +161,65 @@ class SessionStore:
         return removed
 
 
-def _safe_extract(archive: Path, target: Path, name: str) -> None:
-    """Unpack a zip or tar archive, refusing members that would land outside `target`."""
-    root = target.resolve()
+MAX_ARCHIVE_MEMBERS = 20_000
+MAX_EXPANSION_RATIO = 100  # DICOM and NIfTI compress 2-5x; a zip bomb compresses 1000x and more
 
-    def inside(member: str) -> bool:
-        return (root / member).resolve().is_relative_to(root)
+
+def _safe_extract(archive: Path, target: Path, name: str, max_bytes: int) -> None:
+    """Unpack a zip or tar archive member by member, streamed, refusing members that would land outside
+    `target`, links, more than MAX_ARCHIVE_MEMBERS entries, and more than `max_bytes` (or 100x the archive)
+    of content. Sizes are counted as bytes are written, never taken from the archive's own directory."""
+    root = target.resolve()
+    budget = min(max_bytes, max(64 << 20, MAX_EXPANSION_RATIO * archive.stat().st_size))
+    written = 0
+
+    def destination(member: str) -> Path:
+        path = (root / member).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise InvalidRequestError(f"archive '{name}' has entries outside its folder; refusing to unpack")
+        return path
+
+    def copy(source: IO[bytes], path: Path) -> None:
+        nonlocal written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > budget:
+                    raise TooLargeError(
+                        f"archive '{name}' expands to more than {budget >> 20} MB (at most ANNOTATE_MAX_UPLOAD_MB "
+                        f"and {MAX_EXPANSION_RATIO}x its size); send the files uncompressed or fewer at a time"
+                    )
+                out.write(chunk)
+
+    def count(index: int) -> None:
+        if index >= MAX_ARCHIVE_MEMBERS:
+            raise TooLargeError(f"archive '{name}' has more than {MAX_ARCHIVE_MEMBERS} entries")
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            if not all(inside(m) for m in zf.namelist()):
-                raise InvalidRequestError(f"archive '{name}' has entries outside its folder; refusing to unpack")
-            zf.extractall(target)
+            for index, info in enumerate(zf.infolist()):
+                count(index)
+                path = destination(info.filename)
+                if info.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                with zf.open(info) as source:
+                    copy(source, path)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            tf.extractall(target, filter="data")
+            for index, member in enumerate(tf):
+                count(index)
+                path = destination(member.name)
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    source = tf.extractfile(member)
+                    if source is not None:
+                        copy(source, path)
+                else:
+                    raise InvalidRequestError(
+                        f"archive '{name}' holds '{member.name}', which is not a plain file (a link or device)"
+                    )
     else:
         raise InvalidRequestError(f"'{name}' is not a zip or tar archive; send it with uncompress=false")
