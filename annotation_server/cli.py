@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,15 @@ from rich.table import Table
 from annotation_server import __version__
 from annotation_server.audit.cli import audit_app
 from annotation_server.auth.cli import users_app
-from annotation_server.cli_support import cli_actor, cli_audit, console, load_app_or_exit, or_exit, settings_from
+from annotation_server.cli_support import (
+    StudiesOption,
+    cli_actor,
+    cli_audit,
+    console,
+    load_app_or_exit,
+    or_exit,
+    settings_from,
+)
 from annotation_server.federated.cli import fl_app
 from annotation_server.inference.batch_cli import batch_app
 from annotation_server.slicer_extension import slicer_extension
@@ -41,11 +50,34 @@ cli.add_typer(batch_app, name="batch")
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 
 
+def _console_log_handler() -> logging.Handler:
+    """Rich's coloured log on a terminal; plain, unwrapped lines when stderr goes to a file or a pipe (a log file
+    must keep each message on one line, and Rich would wrap it at its 80-column default)."""
+    if console.is_terminal:
+        return RichHandler(console=console, show_path=False)
+    plain = logging.StreamHandler(sys.stderr)
+    plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    return plain
+
+
+def _note_shared_data_folder(settings: Any, given: bool) -> None:
+    """Earlier versions kept one data folder for every `--studies`; say where that data is, never move it."""
+    from annotation_server.settings import default_data_dir
+
+    legacy = default_data_dir()
+    if not given and (legacy / "registry").is_dir():
+        console.print(
+            f"note: {legacy} holds data of an earlier version shared by every --studies; this server uses "
+            f"{settings.data_dir}. Pass --data-dir {legacy} to keep using the old registry and users."
+        )
+
+
 def _serve(**overrides: Any) -> None:
     """Start uvicorn with Settings built from the given command-line values (None = not given)."""
     from annotation_server.security.exposure import InsecureBindError, check_exposure
 
     settings = settings_from(**overrides)
+    _note_shared_data_folder(settings, given=overrides.get("data_dir") is not None)
     try:
         check_exposure(settings)  # before the heavy imports: the refusal is immediate
     except InsecureBindError as exc:
@@ -61,9 +93,7 @@ def _serve(**overrides: Any) -> None:
             f"[red]error:[/red] studies folder '{settings.studies}' does not exist; create it or fix the path"
         )
         raise typer.Exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
-    )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[_console_log_handler()])
     spec = load_app_or_exit(settings.app)
     uvicorn.run(
         or_exit(lambda: create_app(settings, spec)),
@@ -82,7 +112,10 @@ def main_command(
     studies: Annotated[Path | None, typer.Option(help="Folder of studies (default: the embedded sample CT)")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Per-user data folder (samples, logs, sessions)")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data folder: registry, users, sessions, logs [default: one per --studies, shown at start]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (for MITK)")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS key")] = None,
@@ -121,7 +154,8 @@ def main_command(
 @models_cli.command("list")
 def models_list(
     app: AppOption = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Per-user data folder holding the model registry")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The server's data folder holding the model registry")] = None,
+    studies: StudiesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List the app's models: name, type, serving version, weights checksum, labels (and any that cannot load)."""
@@ -129,7 +163,7 @@ def models_list(
     from annotation_server.checksums import file_sha256
     from annotation_server.registry import ModelRegistry
 
-    settings = settings_from(app=app, data_dir=data_dir)
+    settings = settings_from(app=app, data_dir=data_dir, studies=studies)
     spec = load_app_or_exit(settings.app)
     tasks, failed = build_models(spec)
     registry_dir = settings.registry_dir(spec.name)
@@ -171,13 +205,13 @@ def models_list(
     Console().print(table)
 
 
-DataDirOption = Annotated[Path | None, typer.Option(help="Per-user data folder holding the model registry")]
+DataDirOption = Annotated[Path | None, typer.Option(help="The server's data folder holding the model registry")]
 
 
-def _registry(app: str | None, data_dir: Path | None) -> Any:
+def _registry(app: str | None, data_dir: Path | None, studies: str | None) -> Any:
     from annotation_server.registry import ModelRegistry
 
-    settings = settings_from(app=app, data_dir=data_dir)
+    settings = settings_from(app=app, data_dir=data_dir, studies=studies)
     spec = load_app_or_exit(settings.app)
     return ModelRegistry(settings.registry_dir(spec.name))
 
@@ -187,10 +221,11 @@ def models_versions(
     model: Annotated[str, typer.Argument(help="model name, e.g. kidney_seg")],
     app: AppOption = None,
     data_dir: DataDirOption = None,
+    studies: StudiesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """A model's versions at this site: which serves, where each came from, its validation Dice."""
-    registry = _registry(app, data_dir)
+    registry = _registry(app, data_dir, studies)
     versions = registry.versions(model)
     if as_json:
         typer.echo(json.dumps([v.model_dump() for v in versions], indent=2))
@@ -220,12 +255,15 @@ def models_promote(
     version: Annotated[int, typer.Argument(help="version number to serve")],
     app: AppOption = None,
     data_dir: DataDirOption = None,
+    studies: StudiesOption = None,
     reason: Annotated[str, typer.Option(help="why (kept in the registry's log)")] = "promoted from the command line",
 ) -> None:
     """Serve a version. A running server switches to it within seconds, without a restart."""
-    registry = _registry(app, data_dir)
+    registry = _registry(app, data_dir, studies)
     promoted = or_exit(lambda: registry.promote(model, version, actor="cli", reason=reason))
-    cli_audit(data_dir).record("model.promote", cli_actor(), None, model, version=promoted.version, reason=reason)
+    cli_audit(data_dir, studies).record(
+        "model.promote", cli_actor(), None, model, version=promoted.version, reason=reason
+    )
     typer.echo(f"{promoted.label} is now serving")
 
 
@@ -235,12 +273,15 @@ def models_rollback(
     to: Annotated[int | None, typer.Option(help="version to serve (default: the one that served before)")] = None,
     app: AppOption = None,
     data_dir: DataDirOption = None,
+    studies: StudiesOption = None,
     reason: Annotated[str, typer.Option(help="why (kept in the registry's log)")] = "rolled back from the command line",
 ) -> None:
     """Serve the previous version again. A running server switches within seconds."""
-    registry = _registry(app, data_dir)
+    registry = _registry(app, data_dir, studies)
     restored = or_exit(lambda: registry.rollback(model, to, actor="cli", reason=reason))
-    cli_audit(data_dir).record("model.rollback", cli_actor(), None, model, version=restored.version, reason=reason)
+    cli_audit(data_dir, studies).record(
+        "model.rollback", cli_actor(), None, model, version=restored.version, reason=reason
+    )
     typer.echo(f"{restored.label} is now serving")
 
 
@@ -254,7 +295,8 @@ def train_command(
     steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --max-epochs)")] = None,
     val_split: Annotated[float, typer.Option(help="share of labeled images held out for validation")] = 0.2,
     learning_rate: Annotated[float, typer.Option(help="peak learning rate")] = 5e-4,
-    min_improvement: Annotated[float, typer.Option(help="Dice the new version must gain to be promoted")] = 0.0,
+    min_improvement: Annotated[float, typer.Option(help="Mean Dice the new version must gain to be promoted")] = 0.0,
+    min_val_images: Annotated[int, typer.Option(help="Fewest validation images the promotion gate decides on")] = 5,
     promote: Annotated[bool, typer.Option(help="promote when the gate passes")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
@@ -266,7 +308,7 @@ def train_command(
     from annotation_server.learning.reporting import progress_bar
     from annotation_server.registry import ModelRegistry
 
-    settings = settings_from(app=app, data_dir=data_dir)
+    settings = settings_from(app=app, data_dir=data_dir, studies=studies)
     spec = load_app_or_exit(settings.app)
     chosen = model or next(iter(spec.trainers), None)
     if chosen is None:
@@ -288,6 +330,7 @@ def train_command(
         val_split=val_split,
         learning_rate=learning_rate,
         min_improvement=min_improvement,
+        min_val_images=min_val_images,
         auto_promote=promote,
         device=device,
     )

@@ -8,7 +8,7 @@ import cycle; nothing heavy is imported here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,16 @@ from annotation_server.errors import AnnotationServerError
 
 T = TypeVar("T")
 console = Console(stderr=True, soft_wrap=True)
+
+# Commands that read a deployment's data folder (registry, users) find it as the server does: from `--data-dir`,
+# else from the server's `--studies` (each studies folder or PACS URL has its own data folder).
+StudiesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--studies",
+        help="The server's --studies (folder or DICOMweb URL): selects its data folder when --data-dir is not given",
+    ),
+]
 
 
 def settings_from(**overrides: Any) -> Any:
@@ -37,11 +47,11 @@ def cli_actor() -> str:
         return "unknown (cli)"
 
 
-def cli_audit(data_dir: Any) -> Any:
-    """The audit log of the data folder a CLI command acts on (`--data-dir`, else the settings' default)."""
+def cli_audit(data_dir: Any, studies: Any = None) -> Any:
+    """The audit log of the data folder a CLI command acts on (`--data-dir`, else the one of `--studies`)."""
     from annotation_server.audit.log import AuditLog
 
-    return AuditLog.for_data_dir(settings_from(data_dir=data_dir).data_dir)
+    return AuditLog.for_data_dir(settings_from(data_dir=data_dir, studies=studies).data_dir)
 
 
 def or_exit(action: Callable[[], T]) -> T:

@@ -36,6 +36,7 @@ from annotation_server.api import (
 )
 from annotation_server.api import audit as audit_api
 from annotation_server.api.body_limits import BodyLimits
+from annotation_server.api.docs import install_offline_docs
 from annotation_server.api.errors import install_error_handlers
 from annotation_server.api.ohif import mount_ohif
 from annotation_server.api.viewer import mount_viewer
@@ -289,6 +290,7 @@ def startup_summary(services: Services) -> str:
         f"  models:  {models} on {services.device}",
         *(f"  NOT SERVED: {name}: {reason}" for name, reason in services.failed_models.items()),
         f"  studies: {store.stats().total} in {where}",
+        f"  data:    {settings.data_dir} (model registry, users, sessions)",
         f"  logs:    {settings.log_file}",
         f"  auth:    {services.auth.describe()}",
     ]
@@ -339,7 +341,9 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         if settings.rescan_interval_s > 0:
             tasks.append(asyncio.create_task(_every(settings.rescan_interval_s, services.datastore.rescan)))
         summary = startup_summary(services)
-        logger.info(summary)
+        # Once on stdout (unwrapped, whatever the terminal) and once in the log file; not through the console
+        # log handler too, which would print it a second time when stdout and stderr go to the same file.
+        handler.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, summary, None, None))
         print(summary, flush=True)
         try:
             yield
@@ -359,6 +363,8 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
         description="AI-assisted annotation of 3D medical images; speaks the MONAI Label REST protocol.",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served from local files by install_offline_docs, not from a CDN
+        redoc_url=None,
     )
     # Body limits sit inside CORS (added first = innermost), so a browser can read their 413/408/422.
     app.add_middleware(
@@ -369,6 +375,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
     )
     install_cors(app, settings.cors_origins)
     install_error_handlers(app)
+    install_offline_docs(app)
     install_request_metrics(app, metrics)
     app.state.metrics = metrics
 

@@ -6,9 +6,11 @@ so tests can run several differently configured servers in one process.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_path
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -16,8 +18,29 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
-    """Per-user folder for the sample studies, logs and sessions (never inside the installed package)."""
+    """The per-user root (never inside the installed package); each deployment gets its own folder below it."""
     return user_data_path("annotation-server", appauthor=False)
+
+
+def deployment_data_dir(studies: Path | str | None, dicomweb_url: str | None = None) -> Path:
+    """The data folder of one deployment when `--data-dir` is not given: `<root>/deployments/<name>-<hash>`.
+
+    The registry, sessions, logs and users in it belong to the studies they were made for: two servers of
+    the same user with different `--studies` must never share a model registry (a model trained and promoted
+    for one set would be hot-swapped into the other). The hash is of the resolved folder (or the DICOMweb
+    URL), so the same studies reached by another path find the same folder; the name keeps it readable.
+    """
+    root = default_data_dir() / "deployments"
+    if dicomweb_url:
+        key = re.sub(r"^(https?):/+", r"\1://", dicomweb_url.strip()).rstrip("/")
+        name = urlsplit(key).hostname or "pacs"
+    elif studies is not None:
+        folder = Path(studies).expanduser().resolve()
+        key, name = str(folder), folder.name
+    else:
+        return root / "sample"  # the embedded sample study set
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:40] or "studies"
+    return root / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 class Settings(BaseSettings):
@@ -32,7 +55,11 @@ class Settings(BaseSettings):
     model_dirs: list[Path] = Field(default_factory=list, description="Extra MONAI bundle folders to serve by path")
     host: str = Field("127.0.0.1", description="Interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
-    data_dir: Path = Field(default_factory=default_data_dir, description="Per-user data: samples, logs, sessions")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="This deployment's data: model registry, users, sessions, logs; default: "
+        "<user data dir>/deployments/<studies name>-<hash of the studies folder or DICOMweb URL>",
+    )
     log_level: str = Field("info", description="Logging level: debug, info, warning, error")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -151,12 +178,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _studies_url_is_dicomweb(cls, data: Any) -> Any:
-        """`--studies http(s)://...` (MONAI Label's way to name a PACS) selects the DICOMweb datastore."""
-        if isinstance(data, dict) and data.get("studies") is not None:
+    def _studies_url_and_data_dir(cls, data: Any) -> Any:
+        """`--studies http(s)://...` (MONAI Label's way to name a PACS) selects the DICOMweb datastore; then,
+        with no `data_dir` given (option, environment or .env), the data folder is the deployment's own."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("studies") is not None:
             text = re.sub(r"^(https?):/+", r"\1://", str(data["studies"]))
             if text.startswith(("http://", "https://")):
                 data = {**data, "studies": None, "dicomweb_url": data.get("dicomweb_url") or text}
+        if data.get("data_dir") in (None, ""):
+            data = {**data, "data_dir": deployment_data_dir(data.get("studies"), data.get("dicomweb_url"))}
         return data
 
     @property

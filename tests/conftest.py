@@ -26,6 +26,41 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CT = REPO / "annotation_server" / "sample_data" / "example_ct_sm.nii.gz"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Fast by default: `python -m pytest -q` leaves out tests marked slow (servers, browsers, Orthanc, training,
+# federation); `--full` runs everything (CI does). Naming tests (`file::test`) or a marker (`-m`) runs them as asked.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full", action="store_true", help="also run the tests marked slow (servers, browser, PACS, training); CI does"
+    )
+
+
+def _runs_everything(config: pytest.Config) -> bool:
+    return bool(config.getoption("--full") or config.getoption("markexpr") or any("::" in a for a in config.args))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _runs_everything(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.stash[_SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(
+            f"{left_out} slow test(s) (servers, browser, PACS, training) not run: "
+            "`python -m pytest -q --full` runs everything, as CI does"
+        )
+
+
+_SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
 def find_shared_data() -> Path | None:
     env = os.environ.get("ANNOTATE_SHARED_DIR")
     candidates = [Path(env)] if env else []

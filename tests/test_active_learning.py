@@ -94,6 +94,7 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- the scorers
 @pytest.mark.parametrize("scorer", [EpistemicScorer(samples=4), TTAScorer()], ids=["epistemic", "tta"])
+@pytest.mark.slow
 def test_scorers_rank_an_out_of_distribution_phantom_above_easy_ones(
     scorer: Any, seg_task: BundleSegmentationTask, phantom_files: dict[str, Path]
 ) -> None:
@@ -300,6 +301,7 @@ def kidney_client(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.mark.slow
 def test_scoring_api_start_conflict_status_stop_and_strategies(kidney_client: TestClient) -> None:
     client = kidney_client
     info = client.get("/info/").json()

@@ -81,6 +81,7 @@ def test_paths_answer_with_and_without_slash_never_redirect(client, path: str) -
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.slow
 def test_landing_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
     assert "annotation-server" in client.get("/").text
     paths = client.get("/openapi.json").json()["paths"]
@@ -416,6 +417,7 @@ def test_session_lifecycle_and_infer_by_session(client, sample_ct: Path, tmp_pat
     assert client.get("/session/not-a-uuid").status_code == 404
 
 
+@pytest.mark.slow
 def test_session_from_dicom_series_and_bad_uploads(client, shared_data: Path) -> None:  # type: ignore[no-untyped-def]
     slices = sorted((shared_data / "dcmqi_ct-3slice").glob("0*.dcm"))
     created = client.put("/session/", files=[("files", (p.name, p.read_bytes())) for p in slices])

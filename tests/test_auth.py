@@ -127,6 +127,7 @@ def test_auth_endpoint_says_enabled(auth_client: TestClient) -> None:
     assert body["enabled"] is True and body["client_id"] == "annotation-server"
 
 
+@pytest.mark.slow
 def test_missing_token_is_401_like_monailabel_but_health_and_metrics_stay_open(auth_client: TestClient) -> None:
     response = auth_client.get("/info/")
     assert response.status_code == 401
@@ -155,6 +156,7 @@ def test_token_flow_and_valid_endpoint(auth_client: TestClient) -> None:
     assert auth_client.get("/auth/token/valid").status_code == 401
 
 
+@pytest.mark.slow
 def test_wrong_password_and_unknown_user_get_the_same_clear_401(auth_client: TestClient) -> None:
     wrong = auth_client.post("/auth/token", data={"username": "anna", "password": "not-her-password"})
     unknown = auth_client.post("/auth/token", data={"username": "nobody", "password": "whatever-123"})
@@ -169,6 +171,7 @@ def test_wrong_password_and_unknown_user_get_the_same_clear_401(auth_client: Tes
     assert auth_client.post("/auth/token", data={"username": "anna"}).status_code == 422
 
 
+@pytest.mark.slow
 def test_next_sample_reserves_per_logged_in_user_even_with_slicers_fixed_client_id(auth_client: TestClient) -> None:
     anna, root = _login(auth_client, "anna"), _login(auth_client, "root")
     slicer = {"client_id": "user-xyz"}  # 3D Slicer's default: the same for everyone
@@ -178,6 +181,7 @@ def test_next_sample_reserves_per_logged_in_user_even_with_slicers_fixed_client_
     assert first["strategy"]["first"]["reserved_for"] == "anna"
 
 
+@pytest.mark.slow
 def test_repeated_wrong_passwords_make_that_user_wait_with_429_from_that_address_only(auth_client: TestClient) -> None:
     for _ in range(4):  # three free failures, the fourth starts the growing delay
         wrong = auth_client.post("/auth/token", data={"username": "anna", "password": "guess-123456"})
@@ -188,6 +192,7 @@ def test_repeated_wrong_passwords_make_that_user_wait_with_429_from_that_address
     _login(auth_client, "root")  # another user behind the same address is not blocked
 
 
+@pytest.mark.slow
 def test_roles_per_route(auth_client: TestClient) -> None:
     user, annotator, reviewer, admin = (_login(auth_client, name) for name in ("ursula", "anna", "rev", "root"))
     infer = "/infer/threshold?image=phantom_a&output=json"
@@ -219,6 +224,7 @@ def test_roles_per_route(auth_client: TestClient) -> None:
     assert "phantom_b" not in auth_client.get("/datastore/?output=all", headers=admin).json()["objects"]
 
 
+@pytest.mark.slow
 def test_logged_in_user_is_the_author_and_the_reviewer(auth_client: TestClient) -> None:
     annotator, reviewer = _login(auth_client, "anna"), _login(auth_client, "rev")
     saved = auth_client.put(
@@ -257,6 +263,7 @@ def test_logged_in_user_is_the_author_and_the_reviewer(auth_client: TestClient) 
     assert excluded.json()["reviewer"] == "rev"
 
 
+@pytest.mark.slow
 def test_expired_tampered_and_foreign_tokens_are_401(auth_client: TestClient, data_dir: Path) -> None:
     good = _login(auth_client, "anna")["Authorization"].split()[1]
     header, payload, signature = good.split(".")
@@ -277,6 +284,7 @@ def test_expired_tampered_and_foreign_tokens_are_401(auth_client: TestClient, da
     assert auth_client.get("/info/", headers={"Authorization": f"Bearer {good}"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_secret_file_is_private_and_store_changes_apply_to_open_tokens(auth_client: TestClient, data_dir: Path) -> None:
     assert (data_dir / "auth" / "token_secret").stat().st_mode & 0o777 == 0o600
     assert (data_dir / "auth").stat().st_mode & 0o777 == 0o700
@@ -354,6 +362,7 @@ def _users_here(data_dir: Path, *args: str, stdin: str | None = None) -> subproc
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
+@pytest.mark.slow
 def test_users_cli(tmp_path: Path) -> None:
     import json
 
@@ -385,6 +394,7 @@ def test_users_cli(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ MONAI Label's client, real server
+@pytest.mark.slow
 def test_monailabel_client_logs_in_against_a_live_server(live_server, studies: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     client_module = pytest.importorskip(
         "monailabel.client", reason="install the real client: pip install --no-deps monailabel==0.8.5"

@@ -115,6 +115,7 @@ def make_threshold_bundle(root: Path, pixdim: list[float], checksum: bool = True
     return root
 
 
+@pytest.mark.slow
 def test_model_zoo_unet_bundle_loads_by_path(tmp_path: Path, sample_ct: Path) -> None:
     """spleen_ct_segmentation's layout and config, random weights: loads and runs with no code change."""
     root = tmp_path / "spleen_ct_segmentation"
@@ -146,6 +147,7 @@ def test_model_zoo_unet_bundle_loads_by_path(tmp_path: Path, sample_ct: Path) ->
 
 
 @pytest.mark.parametrize("pixdim", [[3.0, 3.0, 3.0], [1.7, 2.3, 4.1]], ids=["same-spacing", "resampled"])
+@pytest.mark.slow
 def test_result_on_input_grid_for_ras_and_lps(
     tmp_path: Path, sample_ct: Path, shared_data: Path, pixdim: list[float]
 ) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from annotation_server.checksums import file_sha256
 
 
@@ -16,6 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_models_list_json(tmp_path: Path) -> None:
     result = _run("models", "list", "--app", "kidney", "--json", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -31,6 +34,7 @@ def test_models_list_json(tmp_path: Path) -> None:
     assert rows["kidney_seg"]["labels"] == {"kidney": 1, "tumor": 2, "cyst": 3}
 
 
+@pytest.mark.slow
 def test_unknown_app_and_missing_studies_exit_2(tmp_path: Path) -> None:
     unknown = _run("--app", "no_such_app", "--data-dir", str(tmp_path))
     assert unknown.returncode == 2 and "not found" in unknown.stderr
@@ -38,12 +42,14 @@ def test_unknown_app_and_missing_studies_exit_2(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_version_flag() -> None:
     from annotation_server import __version__
 
     assert _run("--version").stdout.strip() == __version__
 
 
+@pytest.mark.slow
 def test_train_command_makes_a_version_and_models_list_shows_what_serves(tmp_path: Path) -> None:
     """`annotate-server train`: the same fine-tuning as POST /train/, from a terminal, gate included."""
     from annotation_server.phantoms import PhantomConfig, write_phantom_dataset
@@ -52,7 +58,7 @@ def test_train_command_makes_a_version_and_models_list_shows_what_serves(tmp_pat
     common = ("--app", "kidney", "--data-dir", str(tmp_path / "data"))
     trained = _run(
         "train", "--studies", str(tmp_path / "studies"), *common, "--steps", "2", "--val-split", "0.1",
-        "--min-improvement", "-1",
+        "--min-improvement", "-1", "--min-val-images", "1",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     outcome = json.loads(trained.stdout)

@@ -79,6 +79,7 @@ def test_a_site_update_holds_weights_dice_and_a_count_only(shipped_state: dict[s
             check_weights_only(bad, reference)
 
 
+@pytest.mark.slow
 def test_the_audit_filter_records_shapes_and_refuses_strings() -> None:
     pytest.importorskip("nvflare")
     from annotation_server.federated.audit import summarize
@@ -222,15 +223,22 @@ def _job_result(root: Path, state: dict[str, torch.Tensor], layout: str = "simul
     return root
 
 
+@pytest.mark.slow
 def test_import_registers_a_federated_version_that_passes_the_gate(
     app: Any, site: SimulatedSite, tmp_path: Path, shipped_state: dict[str, torch.Tensor]
 ) -> None:
-    registry = ModelRegistry(tmp_path / "registry")
     source = _job_result(tmp_path / "ws", shipped_state)
-    outcome = import_global_model(source, app, registry, studies=site.studies)
+    # The same weights score the same: an equal Dice on one held-out image is never a reason to promote.
+    refused = import_global_model(source, app, ModelRegistry(tmp_path / "strict"), studies=site.studies)
+    assert refused.gate is not None and not refused.gate.passed and not refused.promoted
+    assert refused.version.status == "candidate" and "only 1 validation image(s)" in refused.gate.reason
+    # A site that accepts a tie on one image (its own choice) gets the version served.
+    registry = ModelRegistry(tmp_path / "registry")
+    outcome = import_global_model(source, app, registry, studies=site.studies, min_val_images=1, min_improvement=-0.001)
     version = outcome.version
     assert (version.version, version.source, version.status, outcome.promoted) == (2, "federated", "serving", True)
     assert outcome.gate is not None and outcome.gate.passed and outcome.val_images == 1
+    assert outcome.gate.mean_difference == 0.0 and "promotable" in outcome.gate.reason
     assert version.metrics["val_dice"] == version.metrics["serving_val_dice"] > 0.5  # same weights, same images
     provenance = version.provenance
     assert provenance["job_name"] == "kidney_seg_fedavg" and provenance["job_id"] == "7f3a9c"
@@ -240,6 +248,7 @@ def test_import_registers_a_federated_version_that_passes_the_gate(
     assert [v["image"] for v in provenance["validation_labels"]] == [i.image_id for i in val_items]
 
 
+@pytest.mark.slow
 def test_import_keeps_a_worse_global_model_as_a_candidate(
     app: Any, site: SimulatedSite, tmp_path: Path, shipped_state: dict[str, torch.Tensor]
 ) -> None:

@@ -67,6 +67,7 @@ def test_itk_and_nibabel_agree_on_world_coordinates(tmp_path: Path) -> None:
     assert np.array_equal(from_nrrd.array, from_nifti.array)
 
 
+@pytest.mark.slow
 def test_messy_dicom_series_loads(shared_data: Path) -> None:
     """JPEG 2000 lossless, blanked UIDs, slice step 2 mm while SliceThickness says 3 mm."""
     volume = read_volume(shared_data / "totalsegmentator" / "example_ct_dicom")
@@ -85,6 +86,7 @@ def test_dicom_with_empty_charset_loads(shared_data: Path) -> None:
     assert volume.meta["SeriesInstanceUID"].startswith("1.2.392")
 
 
+@pytest.mark.slow
 def test_dicom_folder_with_stray_files_sorted_by_position(tmp_path: Path, shared_data: Path) -> None:
     folder = tmp_path / "series"
     folder.mkdir()

@@ -27,6 +27,7 @@ def monailabel_client():  # type: ignore[no-untyped-def]
     return client_module.MONAILabelClient
 
 
+@pytest.mark.slow
 def test_default_command_serves_sample_quickly(live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`annotate-server --app kidney` with no data of one's own: sample study copied out, /info/ within 30 s."""
     server = live_server("--app", "kidney")
@@ -41,6 +42,7 @@ def test_default_command_serves_sample_quickly(live_server, tmp_path: Path) -> N
     assert server.process.returncode is not None  # stopped by its PID
 
 
+@pytest.mark.slow
 def test_monailabel_client_round_trip(live_server, monailabel_client, studies: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = live_server("--app", "kidney", "--studies", str(studies))
     client = monailabel_client(server.url, tmpdir=str(tmp_path / "client"), client_id="user-xyz")
@@ -84,6 +86,7 @@ def test_monailabel_client_round_trip(live_server, monailabel_client, studies: P
     client.remove_session(session_id)
 
 
+@pytest.mark.slow
 def test_client_sees_errors_and_server_keeps_running(
     live_server, monailabel_client, studies: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -103,6 +106,7 @@ def test_client_sees_errors_and_server_keeps_running(
     assert client.info()["name"].startswith("annotation-server")
 
 
+@pytest.mark.slow
 def test_monailabel_client_runs_the_learned_models(
     live_server, monailabel_client, studies: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -121,6 +125,7 @@ def test_monailabel_client_runs_the_learned_models(
     assert 1000 < int(click.array.sum()) < 12_000 and click_params["model"] == "kidney_click"
 
 
+@pytest.mark.slow
 def test_https_for_mitk(live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """MITK's MONAI Label tool only speaks HTTPS: the server serves TLS with a site's certificate."""
     import shutil
@@ -156,6 +161,7 @@ def test_https_for_mitk(live_server, tmp_path: Path) -> None:  # type: ignore[no
         httpx.get(f"http://127.0.0.1:{server.port}/info/", timeout=5)
 
 
+@pytest.mark.slow
 def test_monailabel_client_trains_and_asks_for_uncertain_images(live_server, monailabel_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """3D Slicer's Train / Stop buttons and its next-sample strategy list, through MONAI Label's own client."""
     from annotation_server.phantoms import PhantomConfig, write_phantom_dataset

@@ -94,23 +94,35 @@ def test_promote_and_rollback_follow_the_promotion_chain(tmp_path: Path) -> None
     assert actions.count("rollback") == 3 and actions.count("promote") == 3
 
 
+SERVING = [0.80, 0.74, 0.86, 0.78, 0.83, 0.69]  # per-image validation Dice of the serving version
+
+
 @pytest.mark.parametrize(
-    ("candidate", "serving", "margin", "passes"),
-    [(0.80, 0.79, 0.0, True), (0.80, 0.80, 0.0, True), (0.79, 0.80, 0.0, False), (0.80, 0.79, 0.02, False)],
+    ("candidate", "images", "margin", "passes", "why"),
+    [
+        ([d + 0.03 for d in SERVING], 6, 0.0, True, "promotable: mean difference +0.0300"),
+        (SERVING, 6, 0.0, False, "mean difference +0.0000 is not a gain"),  # equal is not better
+        ([d - 0.02 for d in SERVING], 6, 0.0, False, "is not a gain"),
+        ([d + 0.03 for d in SERVING[:2]], 2, 0.0, False, "only 2 validation image(s), the gate needs at least 5"),
+        ([d + 0.01 for d in SERVING], 6, 0.02, False, "is not more than +0.02"),
+        # a small mean gain made of big wins and a big loss: the interval allows a real loss
+        ([0.95, 0.90, 0.99, 0.93, 0.95, 0.30], 6, 0.0, False, "allows a loss of more than 0.01 Dice"),
+    ],
 )
-def test_gate_promotes_only_versions_not_worse_than_serving(
-    tmp_path: Path, candidate: float, serving: float, margin: float, passes: bool
+def test_gate_promotes_only_a_real_gain_on_enough_images(
+    tmp_path: Path, candidate: list[float], images: int, margin: float, passes: bool, why: str
 ) -> None:
     registry = ModelRegistry(tmp_path / "reg")
     registry.ensure_registered("kidney_seg", SEG)
     version = registry.add_version("kidney_seg", perturbed_bundle(tmp_path / "b"), "training")
-    decision = decide(candidate, serving, margin)
-    assert decision.passed is passes
+    decision = decide(candidate, SERVING[: len(candidate)], images, margin)
+    assert decision.passed is passes and why in decision.reason, decision.reason
+    assert decision.ci95_low <= decision.mean_difference <= decision.ci95_high
     assert apply_gate(registry, version, decision, auto_promote=True) is passes
     assert registry.serving_number("kidney_seg") == (2 if passes else 1)
     if not passes:
         rejection = registry.events("kidney_seg")[-1]
-        assert rejection.action == "reject" and "worse than" in rejection.reason
+        assert rejection.action == "reject" and rejection.reason == decision.reason
 
 
 def test_gate_does_not_promote_over_a_version_served_since_it_compared(tmp_path: Path) -> None:
@@ -123,7 +135,7 @@ def test_gate_does_not_promote_over_a_version_served_since_it_compared(tmp_path:
         "kidney_seg", perturbed_bundle(tmp_path / "b3", 0.7), "training", {"serving_version": 2}
     )
     registry.rollback("kidney_seg")  # back to 1 while version 3 was being made from version 2
-    assert apply_gate(registry, trained, decide(0.9, 0.8), auto_promote=True) is False
+    assert apply_gate(registry, trained, decide([0.9] * 5, [0.8] * 5, 5), auto_promote=True) is False
     assert registry.serving_number("kidney_seg") == 1
     rejection = registry.events("kidney_seg")[-1]
     assert (rejection.action, rejection.version) == ("reject", 3) and "v1 serves now" in rejection.reason
@@ -146,6 +158,7 @@ def registry_with_candidate(tmp_path: Path) -> tuple[Path, Path]:
     return data_dir, studies
 
 
+@pytest.mark.slow
 def test_hot_swap_under_concurrent_requests_then_cli_rollback(live_server, registry_with_candidate) -> None:  # type: ignore[no-untyped-def]
     data_dir, studies = registry_with_candidate
     server = live_server("--app", "kidney", "--studies", str(studies), env={"ANNOTATE_MODEL_SYNC_INTERVAL_S": "0.3"})
@@ -207,6 +220,7 @@ def test_hot_swap_under_concurrent_requests_then_cli_rollback(live_server, regis
     assert result.json()["model_version"] == "1"
 
 
+@pytest.mark.slow
 def test_cli_lists_versions_as_json(registry_with_candidate) -> None:  # type: ignore[no-untyped-def]
     data_dir, _ = registry_with_candidate
     out = subprocess.run(
@@ -247,6 +261,7 @@ def test_cli_lists_versions_as_json(registry_with_candidate) -> None:  # type: i
     assert bad.returncode == 2 and "no version 5" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_version_that_cannot_load_is_never_served(registry_with_candidate, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Promoting a damaged version is refused (API) or reported (CLI), and the serving version keeps serving."""
     from fastapi.testclient import TestClient

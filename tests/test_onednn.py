@@ -19,6 +19,7 @@ def small_unet() -> UNet:
     return UNet(3, 3, 2, channels=(8, 16, 32), strides=(2, 2), num_res_units=1, norm="instance").eval()
 
 
+@pytest.mark.slow
 def test_same_outputs_as_the_stock_path_and_same_state_dict() -> None:
     stock, fast = small_unet(), small_unet()
     assert use_onednn_convolutions(fast, torch.device("cpu")) == sum(
@@ -35,6 +36,7 @@ def test_same_outputs_as_the_stock_path_and_same_state_dict() -> None:
     assert isinstance(pickle.loads(pickle.dumps(fast)).model[0].conv.unit0.conv, OneDNNConv3d)
 
 
+@pytest.mark.slow
 def test_gradients_use_the_stock_path_so_training_is_unchanged() -> None:
     stock, fast = small_unet(), small_unet()
     use_onednn_convolutions(fast, torch.device("cpu"))

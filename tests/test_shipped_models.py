@@ -41,6 +41,7 @@ def click_task() -> BundleClickTask:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_kidney_seg_dice_and_no_far_false_positives(shared_data: Path, seg_task, case: str) -> None:  # type: ignore[no-untyped-def]
     ct, seg = CASES[case]
     volume = read_volume(shared_data / "totalsegmentator" / ct)
@@ -53,6 +54,7 @@ def test_kidney_seg_dice_and_no_far_false_positives(shared_data: Path, seg_task,
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("kidney", [2, 3], ids=["right", "left"])
+@pytest.mark.slow
 def test_kidney_click_within_three_clicks(shared_data: Path, click_task, case: str, kidney: int) -> None:  # type: ignore[no-untyped-def]
     ct, seg = CASES[case]
     volume = read_volume(shared_data / "totalsegmentator" / ct)

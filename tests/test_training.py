@@ -20,6 +20,7 @@ TINY = RecipeRun(train_phantoms=2, val_phantoms=1, batch_size=1, phantom_config=
 
 
 @pytest.mark.parametrize("trainer", [train_seg, train_click], ids=["kidney_seg", "kidney_click"])
+@pytest.mark.slow
 def test_few_steps_write_a_loadable_bundle(tmp_path: Path, trainer) -> None:  # type: ignore[no-untyped-def]
     progress = []
     history = trainer(tmp_path / "bundle", TrainSettings(steps=3, val_every=3, threads=1), TINY, progress.append)

@@ -54,6 +54,7 @@ def wait_step(client: TestClient, timeout_s: float = 120) -> dict:
     raise TimeoutError("no progress from the training process")
 
 
+@pytest.mark.slow
 def test_train_job_makes_a_version_with_provenance_and_streams_progress(kidney_client: TestClient) -> None:
     client = kidney_client
     assert client.get("/train/").status_code == 404  # Slicer reads 404 as "no job"
@@ -79,13 +80,15 @@ def test_train_job_makes_a_version_with_provenance_and_streams_progress(kidney_c
     assert len(trained_on) == 2 and len(validated_on) == 1 and not trained_on & validated_on
     assert all(entry["label_version"] == 1 for entry in version["provenance"]["labels"])
     metrics = version["metrics"]
-    assert result["gate"]["passed"] == (metrics["val_dice"] >= metrics["serving_val_dice"])
+    assert result["gate"]["serving_dice"] == metrics["serving_val_dice"]
+    # one held-out image is too few to decide on: kept as a candidate, and the job result says why
+    assert result["gate"]["passed"] is False and result["promoted"] is False
+    assert "only 1 validation image(s), the gate needs at least 5" in result["gate"]["reason"]
     assert (Path(version["path"]) / "training_curve.png").stat().st_size > 1000
 
     listing = client.get("/models/kidney_seg/versions").json()
     assert [v["version"] for v in listing["versions"]] == [1, 2]
-    serving = client.get("/info/").json()["server"]["serving_versions"]["kidney_seg"]
-    assert serving == (2 if result["promoted"] else 1)
+    assert client.get("/info/").json()["server"]["serving_versions"]["kidney_seg"] == 1
     stats = client.get("/info/").json()["train_stats"]["kidney_seg"]
     assert stats["status"] == "DONE" and stats["total_steps"] == 3 and stats["version"] == 2
 
@@ -97,6 +100,7 @@ def test_train_job_makes_a_version_with_provenance_and_streams_progress(kidney_c
     assert end["status"] == "DONE"
 
 
+@pytest.mark.slow
 def test_stop_and_kill_leave_no_version_and_the_server_serving(kidney_client: TestClient) -> None:
     client = kidney_client
     slow = {**FAST, "steps": 500}
@@ -117,6 +121,7 @@ def test_stop_and_kill_leave_no_version_and_the_server_serving(kidney_client: Te
     assert len(client.get("/train/", params={"all": True}).json()) == 2
 
 
+@pytest.mark.slow
 def test_bad_training_requests_are_4xx_with_reasons(kidney_client: TestClient) -> None:
     client = kidney_client
     unknown = client.post("/train/kidney_click_typo", json={})
@@ -132,6 +137,7 @@ def test_bad_training_requests_are_4xx_with_reasons(kidney_client: TestClient) -
     assert too_few.status_code == 422 and "at least 2 images" in too_few.json()["detail"]
 
 
+@pytest.mark.slow
 def test_click_model_fine_tunes_on_simulated_interactions_with_corrected_labels(tmp_path: Path) -> None:
     """The click model learns from clicks simulated on the site's labels; the gate decides with real numbers."""
     from annotation_models import bundle_path
@@ -144,7 +150,7 @@ def test_click_model_fine_tunes_on_simulated_interactions_with_corrected_labels(
     store.rescan()
     registry = ModelRegistry(tmp_path / "registry")
     registry.ensure_registered("kidney_click", bundle_path("kidney_click"))
-    params = FineTuneParams(steps=2, val_split=0.1, train_batch_size=1, min_improvement=-1.0)
+    params = FineTuneParams(steps=2, val_split=0.1, train_batch_size=1, min_improvement=-1.0, min_val_images=1)
     outcome = fine_tune(dict(load_app("kidney").trainers), "kidney_click", labeled_images(store), registry, params)
     assert outcome.train_images == 2 and outcome.val_images == 1 and outcome.steps == 2
     assert 0.0 < outcome.gate.serving_dice <= 1.0 and 0.0 <= outcome.gate.candidate_dice <= 1.0

@@ -214,6 +214,7 @@ def open_sample_ct(page, url: str) -> str:  # type: ignore[no-untyped-def]
     return page.evaluate("window.viewer.state.session.session_id")
 
 
+@pytest.mark.slow
 def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
     url = server.url
     redirect = httpx.get(f"{url}/viewer", follow_redirects=False)
@@ -225,6 +226,11 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     assert page.evaluate("window.viewer.error") is None
     assert page.locator("#images li").count() == 2
     assert "region_growing" in page.locator("#model option").all_inner_texts()
+    # The viewer starts with the click model the API uses when a prompt names none.
+    default_model = httpx.get(f"{url}/info/").json()["server"]["interactive_model"]
+    assert page.locator("#model").input_value() == default_model == "kidney_click"
+    assert "press Next." in page.locator("#empty-hint").inner_text()  # as rendered: a space before "Next"
+    assert page.evaluate("window.viewer.nv.opts.loadingText") == ""  # no "loading ..." over the empty canvas
 
     # Open the CT from the list: image, empty overlay and a session on the server.
     page.locator('#images li[data-image="sample_ct"]').click()
@@ -334,6 +340,7 @@ def test_annotation_workflow_in_chromium(page, server) -> None:  # type: ignore[
     assert [e for e in page.errors if e != f"HTTP 404 {url}/auth/"] == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_box_and_lasso_tools_in_chromium(page, server) -> None:  # type: ignore[no-untyped-def]
     """Box (Box button) and lasso (L key, then shift for erasing) drawn on slices become box and lasso prompts in
     stored voxel indices; their deltas land in the overlay exactly as in the server's mask, on that slice only."""

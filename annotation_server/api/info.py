@@ -58,6 +58,7 @@ def info(services: Services = Depends(get_services)) -> InfoResponse:
             "app_version": app.version,
             "device": services.device,
             "failed_models": services.failed_models,
+            "interactive_model": services.interactive.default_model,  # what a prompt naming no model uses
             "serving_versions": {name: services.serving.serving_version(name) for name in services.serving.sources},
             "version_errors": services.serving.errors,
         },

@@ -1,6 +1,6 @@
 """`annotate-server audit ...`: check and read the audit trail of a data folder.
 
-annotate-server audit verify [--data-dir DIR]     exit 0 when the chain is intact, 1 with the first bad record
+annotate-server audit verify [--studies DIR | --data-dir DIR]   exit 0 if the chain is intact, 1 at the first bad one
 annotate-server audit show [--last N] [--action label] [--json]
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from annotation_server.cli_support import console, settings_from
+from annotation_server.cli_support import StudiesOption, console, settings_from
 
 audit_app = typer.Typer(help="The audit trail: who did what, when and from where (hash-chained, append-only).")
 
@@ -22,12 +22,12 @@ DataDirOption = Annotated[Path | None, typer.Option(help="The server's data fold
 
 
 @audit_app.command("verify")
-def audit_verify(data_dir: DataDirOption = None) -> None:
+def audit_verify(data_dir: DataDirOption = None, studies: StudiesOption = None) -> None:
     """Check that no record was changed, removed or reordered (exit 1 and the first bad record if one was)."""
     from annotation_server.audit.log import audit_dir
     from annotation_server.audit.verify import verify_log
 
-    folder = audit_dir(settings_from(data_dir=data_dir).data_dir)
+    folder = audit_dir(settings_from(data_dir=data_dir, studies=studies).data_dir)
     result = verify_log(folder)
     if result.ok:
         typer.echo(f"audit log OK: {result.message} ({folder})")
@@ -42,6 +42,7 @@ def audit_verify(data_dir: DataDirOption = None) -> None:
 @audit_app.command("show")
 def audit_show(
     data_dir: DataDirOption = None,
+    studies: StudiesOption = None,
     last: Annotated[int, typer.Option(min=1, help="How many of the newest records")] = 20,
     action: Annotated[str | None, typer.Option(help="Only this action or prefix (e.g. label, auth.login)")] = None,
     actor: Annotated[str | None, typer.Option(help="Only this user")] = None,
@@ -50,7 +51,7 @@ def audit_show(
     """The newest records, newest first."""
     from annotation_server.audit.log import AuditLog
 
-    log = AuditLog.for_data_dir(settings_from(data_dir=data_dir).data_dir)
+    log = AuditLog.for_data_dir(settings_from(data_dir=data_dir, studies=studies).data_dir)
     _, records = log.query(actor=actor, action=action, limit=last)
     for r in records:
         if as_json:

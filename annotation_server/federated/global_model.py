@@ -23,8 +23,14 @@ from pydantic import BaseModel
 from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.federated.app_models import fine_tune_recipe, shipped_bundle, trainable_model
 from annotation_server.federated.site_training import held_out_split
-from annotation_server.learning.finetune import load_network, write_version_bundle
-from annotation_server.learning.promotion import GateDecision, apply_gate, decide
+from annotation_server.learning.finetune import load_network, sample_scores, write_version_bundle
+from annotation_server.learning.promotion import (
+    MIN_VAL_IMAGES,
+    NONINFERIORITY_MARGIN,
+    GateDecision,
+    apply_gate,
+    decide,
+)
 from annotation_server.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -125,13 +131,6 @@ def _sample_counts(record: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def _score(recipe: Any, network: torch.nn.Module, samples: list[dict[str, Any]]) -> float:
-    validate = recipe.validator(samples)
-    network.eval()
-    with torch.no_grad():
-        return float(validate(network))
-
-
 def import_global_model(
     source: Path,
     app: Any,
@@ -140,6 +139,8 @@ def import_global_model(
     model: str | None = None,
     val_split: float = 0.2,
     min_improvement: float = 0.0,
+    min_val_images: int = MIN_VAL_IMAGES,
+    noninferiority_margin: float = NONINFERIORITY_MARGIN,
     auto_promote: bool = True,
     provenance: Mapping[str, Any] | None = None,
     device: str = "cpu",
@@ -166,13 +167,17 @@ def import_global_model(
 
     val_items: list[Any] = []
     serving_dice = candidate_dice = None
+    serving_scores: list[float] = []
+    candidate_scores: list[float] = []
     if studies is not None:
         recipe = fine_tune_recipe(app, model)
         _, val_items = held_out_split(Path(studies), val_split)
         samples = recipe.samples(val_items)
-        serving_dice = _score(recipe, network, samples)
+        serving_scores = sample_scores(recipe, network, samples)
         network.load_state_dict(state)
-        candidate_dice = _score(recipe, network, samples)
+        candidate_scores = sample_scores(recipe, network, samples)
+        serving_dice = sum(serving_scores) / len(serving_scores) if serving_scores else 0.0
+        candidate_dice = sum(candidate_scores) / len(candidate_scores) if candidate_scores else 0.0
     metrics: dict[str, Any] = {"serving_version": base.version, "val_images": len(val_items)}
     if candidate_dice is not None and serving_dice is not None:
         metrics |= {"val_dice": round(candidate_dice, 5), "serving_val_dice": round(serving_dice, 5)}
@@ -195,7 +200,9 @@ def import_global_model(
     gate = None
     promoted = False
     if candidate_dice is not None and serving_dice is not None:
-        gate = decide(candidate_dice, serving_dice, min_improvement)
+        gate = decide(
+            candidate_scores, serving_scores, len(val_items), min_improvement, min_val_images, noninferiority_margin
+        )
         promoted = apply_gate(registry, version, gate, auto_promote)
     return ImportOutcome(
         version=registry.get(model, version.version),

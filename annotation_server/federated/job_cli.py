@@ -135,7 +135,8 @@ def import_command(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="This site's data folder holding the model registry")] = None,
     val_split: Annotated[float, typer.Option(help="Held-out share (as the job's --val-split)")] = 0.2,
-    min_improvement: Annotated[float, typer.Option(help="Dice the new version must gain to be promoted")] = 0.0,
+    min_improvement: Annotated[float, typer.Option(help="Mean Dice the new version must gain to be promoted")] = 0.0,
+    min_val_images: Annotated[int, typer.Option(help="Fewest held-out images the gate decides on")] = 5,
     promote: Annotated[bool, typer.Option(help="Promote when the gate passes")] = True,
 ) -> None:
     """Import a finished job's global model as a new federated version; the promotion gate decides if it serves."""
@@ -154,6 +155,7 @@ def import_command(
             model=model,
             val_split=val_split,
             min_improvement=min_improvement,
+            min_val_images=min_val_images,
             auto_promote=promote,
         )
     )

@@ -26,7 +26,13 @@ from annotation_server.errors import InvalidRequestError, NotFoundError
 from annotation_server.inference.bundle import OUR_KEY, load_bundle
 from annotation_server.inference.bundle_runtime import BundleRuntime
 from annotation_server.learning.bundle_writer import write_bundle
-from annotation_server.learning.promotion import GateDecision, apply_gate, decide
+from annotation_server.learning.promotion import (
+    MIN_VAL_IMAGES,
+    NONINFERIORITY_MARGIN,
+    GateDecision,
+    apply_gate,
+    decide,
+)
 from annotation_server.learning.reporting import plot_history
 from annotation_server.learning.trainer import Batch, TrainHistory, TrainProgress, TrainSettings, train
 from annotation_server.registry import ModelRegistry, ModelVersion
@@ -74,7 +80,16 @@ class FineTuneParams(BaseModel):
     learning_rate: float = Field(5e-4, gt=0, le=1.0)
     val_every: int | None = Field(None, ge=1, description="validate every N steps (default: ~5 times per run)")
     min_improvement: float = Field(
-        0.0, description="the gate promotes only if new Dice >= serving Dice + this (negative = allowed loss)"
+        0.0, description="the gate promotes only if the mean Dice gain over the serving version is above this"
+    )
+    min_val_images: int = Field(
+        MIN_VAL_IMAGES, ge=1, description="fewest validation images the gate accepts a comparison on"
+    )
+    noninferiority_margin: float = Field(
+        NONINFERIORITY_MARGIN,
+        ge=0.0,
+        le=1.0,
+        description="the gate refuses a version whose paired-bootstrap 95% interval allows a Dice loss beyond this",
     )
     auto_promote: bool = Field(True, description="promote at once when the gate passes (else leave a candidate)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
@@ -139,6 +154,13 @@ def _split_position(item: LabeledImage) -> float:
     return int(hashlib.sha256(item.image_id.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
+def sample_scores(recipe: FineTuneRecipe, network: torch.nn.Module, samples: list[dict[str, Any]]) -> list[float]:
+    """Dice of `network` on each validation sample alone: the promotion gate compares versions sample by sample."""
+    network.eval()
+    with torch.no_grad():
+        return [float(recipe.validator([sample])(network)) for sample in samples]
+
+
 def load_network(bundle_dir: Path, device: str = "cpu") -> torch.nn.Module:
     """The bundle's network with its weights, built from its own config."""
     return BundleRuntime(load_bundle(bundle_dir), device).network
@@ -187,9 +209,8 @@ def fine_tune(
         torch.set_num_threads(params.threads)
     network = load_network(Path(base.path), params.device)
     validate = recipe.validator(val_samples)
-    network.eval()
-    with torch.no_grad():
-        serving_dice = float(validate(network))
+    serving_scores = sample_scores(recipe, network, val_samples)
+    serving_dice = float(sum(serving_scores) / len(serving_scores)) if serving_scores else 0.0
     steps = params.total_steps(len(train_samples))
     settings = TrainSettings(
         steps=steps,
@@ -245,7 +266,16 @@ def fine_tune(
                 "training_history.json": Path(scratch) / "training_history.json",
             },
         )
-    gate = decide(history.best_dice, serving_dice, params.min_improvement)
+    if history.best_state:
+        network.load_state_dict(history.best_state)
+    gate = decide(
+        sample_scores(recipe, network, val_samples),
+        serving_scores,
+        len(val_items),
+        params.min_improvement,
+        params.min_val_images,
+        params.noninferiority_margin,
+    )
     promoted = apply_gate(registry, version, gate, params.auto_promote)
     return _outcome(version, gate, promoted, train_items, val_items, history, started, registry)
 

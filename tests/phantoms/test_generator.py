@@ -80,6 +80,7 @@ def test_types_shapes_and_label_values() -> None:
         assert key in p.meta
 
 
+@pytest.mark.slow
 def test_deterministic_per_seed_and_different_across_seeds() -> None:
     config = PhantomConfig.default()
     a, b = generate_phantom(7, config), generate_phantom(7, config)
@@ -93,6 +94,7 @@ def test_deterministic_per_seed_and_different_across_seeds() -> None:
     assert not np.array_equal(c.label, d.label)
 
 
+@pytest.mark.slow
 def test_two_kidneys_either_side_of_spine_right_one_lower() -> None:
     for seed in range(4):
         p = phantom(seed, NO_LESIONS)
@@ -116,6 +118,7 @@ def test_nephrectomy_leaves_one_kidney() -> None:
 
 # ------------------------------------------------------------------------------------------- geometry
 @pytest.mark.parametrize("code", ["RAS", "LPS", "LAS", "RPI", "PIR", "SRA"])
+@pytest.mark.slow
 def test_orientation_sets_axcodes_and_keeps_world_anatomy(code: str) -> None:
     reference = phantom(5, NO_LESIONS)
     p = generate_phantom(5, NO_LESIONS.with_(orientations=(code,)))
@@ -132,6 +135,7 @@ def test_orientation_sets_axcodes_and_keeps_world_anatomy(code: str) -> None:
     assert np.array_equal(np.sort(p.image, axis=None), np.sort(reference.image, axis=None))
 
 
+@pytest.mark.slow
 def test_spacing_is_honoured_including_anisotropic() -> None:
     config = NO_LESIONS.with_(spacing_xy_mm=(1.7, 1.7), spacing_z_mm=(4.5, 4.5), fov_mm=(300.0, 300.0, 180.0))
     p = generate_phantom(1, config)
@@ -143,6 +147,7 @@ def test_spacing_is_honoured_including_anisotropic() -> None:
     assert all(1.5 <= sx <= 3.0 and 1.5 <= sy <= 3.0 for sx, sy, _ in spacings)
 
 
+@pytest.mark.slow
 def test_target_spacing_resamples_image_and_label_together() -> None:
     p = generate_phantom(2, NO_LESIONS.with_(spacing_xy_mm=(1.5, 1.5), target_spacing_mm=(2.5, 2.5, 4.0)))
     assert np.allclose(p.spacing, (2.5, 2.5, 4.0))
@@ -157,6 +162,7 @@ def _phase(phase: Phase, **changes: object) -> PhantomConfig:
     return NO_LESIONS.with_(phase_weights={phase: 1.0}, **changes)
 
 
+@pytest.mark.slow
 def test_kidney_hu_per_phase_plausible() -> None:
     venous_gap, nc_kidney, nc_liver, nc_muscle = [], [], [], []
     for seed in range(3):
@@ -177,6 +183,7 @@ def test_kidney_hu_per_phase_plausible() -> None:
     assert np.mean(nc_kidney) < np.mean(nc_liver)
 
 
+@pytest.mark.slow
 def test_arterial_phase_has_corticomedullary_difference() -> None:
     p = generate_phantom(4, _phase(Phase.ARTERIAL, noise_std_hu=(2.0, 2.0)))
     cortex = median_hu(p, tissue_mask(p, Tissue.KIDNEY_CORTEX) & (p.label == 1))
@@ -198,6 +205,7 @@ LESIONS = EASY.with_(
 )
 
 
+@pytest.mark.slow
 def test_forced_tumors_and_cysts_appear() -> None:
     for seed in range(3):
         p = phantom(seed, LESIONS)
@@ -208,6 +216,7 @@ def test_forced_tumors_and_cysts_appear() -> None:
 
 
 @pytest.mark.parametrize("phase", [Phase.ARTERIAL, Phase.VENOUS, Phase.EXCRETORY])
+@pytest.mark.slow
 def test_cysts_darker_than_cortex_in_contrast_phases(phase: Phase) -> None:
     p = generate_phantom(11, LESIONS.with_(phase_weights={phase: 1.0}))
     cyst = median_hu(p, p.label == 3)
@@ -225,6 +234,7 @@ def test_no_lesions_when_disabled() -> None:
 
 
 # ------------------------------------------------------------------------------------------- presets
+@pytest.mark.slow
 def test_hard_is_noisier_than_easy() -> None:
     hard = PhantomConfig.hard().with_(ood_prob=0.0, orientations=("RAS",))
     easy_noise = [noise_estimate(phantom(s)) for s in range(2)]
@@ -232,6 +242,7 @@ def test_hard_is_noisier_than_easy() -> None:
     assert min(hard_noise) > 3 * max(easy_noise), (easy_noise, hard_noise)
 
 
+@pytest.mark.slow
 def test_presets_and_site_variants_are_valid_and_distinct() -> None:
     sites = [PhantomConfig.site_variant(k) for k in range(8)]
     assert len({s.model_dump_json() for s in sites}) == 8
@@ -252,6 +263,7 @@ def test_ood_metal_streak_is_recorded_and_visible() -> None:
 
 
 @pytest.mark.parametrize("kind", list(OODKind))
+@pytest.mark.slow
 def test_every_ood_kind_runs(kind: OODKind) -> None:
     p = generate_phantom(1, EASY.with_(ood_prob=1.0, ood_kinds=(kind,)))
     assert p.meta["ood"][0]["kind"] == kind.value
@@ -280,6 +292,7 @@ def test_config_validation_and_frozen() -> None:
 
 
 # ------------------------------------------------------------------------------------------- speed / io
+@pytest.mark.slow
 def test_generation_time_against_local_baseline() -> None:
     """~128x128x64 phantoms feed training loops: compare with a fixed numpy workload on this machine."""
     volume = np.random.default_rng(0).standard_normal((128, 128, 64)).astype(np.float32)
@@ -296,6 +309,7 @@ def test_generation_time_against_local_baseline() -> None:
     assert per_phantom < 60 * baseline
 
 
+@pytest.mark.slow
 def test_write_phantom_dataset(tmp_path) -> None:
     ids = write_phantom_dataset(tmp_path, 2, seed=3, config=EASY.with_(orientations=("LPS",)))
     assert ids == ["phantom_00000", "phantom_00001"]

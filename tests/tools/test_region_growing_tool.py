@@ -216,6 +216,7 @@ def _shared_totalsegmentator() -> Path:
     ids=["ct_sm", "ct_full"],
 )
 @pytest.mark.parametrize("label", [2, 3], ids=["kidney_right", "kidney_left"])
+@pytest.mark.slow
 def test_real_ct_kidney_with_five_protocol_clicks(ct: str, seg: str, label: int) -> None:
     folder = _shared_totalsegmentator()
     image = nib.load(str(folder / ct))

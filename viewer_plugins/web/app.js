@@ -144,7 +144,7 @@ async function loadInfo() {
   state.labels = Object.fromEntries((data.labels || []).map((name, i) => [name, i + 1]));
   const models = Object.entries(data.models || {});
   const clickers = models.filter(([, m]) => CLICK_MODEL_TYPES.includes(m.type)).map(([name]) => name);
-  fillSelect($("model"), clickers);
+  fillSelect($("model"), clickers, data.server?.interactive_model); // the API's default when a prompt names none
   for (const option of $("model").options) option.title = data.models[option.value].description || "";
   const strategies = Object.keys(data.strategies || {});
   fillSelect($("strategy"), strategies, strategies.includes("random") ? "random" : strategies[0]);
@@ -734,6 +734,7 @@ function wireControls() {
 async function main() {
   const nv = new Niivue({
     backColor: [0, 0, 0, 1],
+    loadingText: "", // the empty stage shows its own hint; NiiVue's "loading ..." would be drawn under it
     crosshairColor: [1, 1, 0, 0.6],
     crosshairWidth: 0.5,
     show3Dcrosshair: false,
