@@ -28,6 +28,7 @@ from annotation_server.api import (
     logs,
     model,
     preannotation,
+    projects,
     scoring,
     session,
     train,
@@ -67,6 +68,9 @@ from annotation_server.logging_setup import attach_file_log, detach_file_log
 from annotation_server.metrics import Metrics, install_request_metrics
 from annotation_server.preannotation.state import WatchState
 from annotation_server.preannotation.watcher import PacsWatcher
+from annotation_server.projects.blinding import blinding_guard
+from annotation_server.projects.service import ProjectService
+from annotation_server.projects.store import ProjectStore
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
@@ -94,6 +98,7 @@ ROUTERS = (
     audit_api.router,
     batch.router,
     preannotation.router,
+    projects.router,
 )
 
 
@@ -168,7 +173,9 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     # Loaded and warmed on the inference thread itself, where every later forward pass runs (see `call`).
     tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
     inference.tasks.update(tasks)
-    fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
+    project_service = build_projects(store, app_spec)
+    hold = project_service.queue_hold if project_service else None
+    fl_queue, preannotations = attach_federated_queue(store, app_spec.federated, hold)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)
     scoring_service = ScoringService(
@@ -180,6 +187,8 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         threads=settings.scoring_threads,
     )
     strategies = {**builtin_strategies(), **uncertainty_strategies(scoring_service), **app_spec.strategies}
+    if project_service is not None:
+        project_service.strategies = strategies
     interactive = InteractiveService(
         SessionManager(
             settings.data_dir / "interactive" / "spill", settings.session_memory_mb << 20, settings.session_expiry_s
@@ -224,7 +233,15 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         auth=AuthService.from_settings(settings, audit),
         batch=BatchInferService(store, inference),
         watcher=build_watcher(settings, app_spec, store, inference),
+        projects=project_service,
     )
+
+
+def build_projects(store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec) -> ProjectService | None:
+    """Multi-reader projects on a folder datastore (their file lives in its state folder)."""
+    if not isinstance(store, LocalDatastore):
+        return None
+    return ProjectService(ProjectStore.in_state_dir(store.state_dir), store, dict(app_spec.labels))
 
 
 def build_watcher(
@@ -351,7 +368,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
     # Every API route is guarded by the role table in auth/policy.py (a no-op while auth is off); /auth/* is
     # mounted only when auth is on, so clients see the 404 that means "no login needed".
     for router in ROUTERS:
-        app.include_router(router, dependencies=[Depends(authorize)])
+        app.include_router(router, dependencies=[Depends(authorize), Depends(blinding_guard)])
     if settings.auth_enabled:
         app.include_router(auth_routes.router)
     mount_ohif(app, settings)  # /ohif/ and its DICOMweb proxy when settings.ohif is on

@@ -60,11 +60,14 @@ def _source(params: dict[str, Any]) -> LabelSource | None:
 # ------------------------------------------------------------------------------------------- listing
 @router.get("/datastore/", summary="Datastore listing: stats (default), all (MONAI Label document) or train pairs")
 def datastore_listing(
-    output: ListingOutput = Query(ListingOutput.stats), services: Services = Depends(get_services)
+    output: ListingOutput = Query(ListingOutput.stats),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(current_principal),
 ) -> Any:
     ds = services.datastore
     if output is ListingOutput.all:
-        return ds.dump()
+        dump = ds.dump()  # without other readers' labels of blinded multi-reader cases
+        return services.projects.redact_listing(dump, principal) if services.projects else dump
     if output is ListingOutput.train:
         return ds.train_pairs()
     return ds.stats()
