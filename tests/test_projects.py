@@ -84,10 +84,10 @@ def test_staple_beats_every_reader_and_agreement_flags_the_missed_cyst() -> None
     report = case_agreement("c", reads, (1.0, 1.0, 1.0), labels, 0.8)
     assert report.flagged and report.flagged_readers == {"missed": ["cyst"]}
     assert report.mean_dice["tumor"] == 1.0 and report.mean_dice["cyst"] == pytest.approx(1 / 3)
-    kidney = [p for p in report.pairs if p.label == "kidney" and {p.a, p.b} == {"over", "under"}][0]
+    kidney = next(p for p in report.pairs if p.label == "kidney" and {p.a, p.b} == {"over", "under"})
     assert 2.0 <= kidney.hd95_mm <= 3.5 and 1.0 < kidney.asd_mm < 2.5  # the two shells are 2 voxels apart
     doubled = case_agreement("c", reads, (2.0, 2.0, 2.0), labels, 0.8)  # mm follow the image's spacing
-    pair = [p for p in doubled.pairs if p.label == "kidney" and {p.a, p.b} == {"over", "under"}][0]
+    pair = next(p for p in doubled.pairs if p.label == "kidney" and {p.a, p.b} == {"over", "under"})
     assert pair.hd95_mm == pytest.approx(2 * kidney.hd95_mm) and pair.dice == kidney.dice
 
 
