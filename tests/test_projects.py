@@ -169,6 +169,28 @@ def test_project_blinded_reads_consensus_adjudication_and_queue(app_client: Test
         c.get(f"/projects/{pid}/report", headers=h["r1"]),
     ]
     assert [r.status_code for r in refused] == [403] * len(refused), [r.text for r in refused]
+    # ... and every route that could overwrite a read or save the case elsewhere
+    session = c.post("/interactive/sessions", json={"image": "phantom_a"}, headers=h["r1"])
+    assert session.status_code == 200, session.text
+    session_id = session.json()["session_id"]
+    forged = {"label": ("a.nii", _label(base))}
+    writes = [
+        c.put("/datastore/label", params={"image": "phantom_a", "tag": other}, files=forged, headers=h["judge"]),
+        c.put(
+            "/datastore/label",
+            params={"image": "phantom_a", "tag": f"consensus-p{pid}"},
+            files=forged,
+            headers=h["boss"],
+        ),
+        c.post(f"/interactive/sessions/{session_id}/save", json={"tag": "final"}, headers=h["r1"]),
+        c.post(
+            "/infer/threshold",
+            params={"image": "phantom_a", "output": "json"},
+            data={"params": json.dumps({"save_label": True, "label_tag": "final"})},
+            headers=h["r1"],
+        ),
+    ]
+    assert [r.status_code for r in writes] == [403] * len(writes), [r.text for r in writes]
     listing = c.get("/datastore/", params={"output": "all"}, headers=h["r1"]).json()
     assert sorted(listing["objects"]["phantom_a"]["labels"]) == [f"reader-p{pid}-r1"]  # only their own
     own = c.get("/datastore/label", params={"label": "phantom_a", "tag": f"reader-p{pid}-r1"}, headers=h["r1"])

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import Depends, Request
 
 from annotation_server.auth.dependencies import bearer, current_principal
+from annotation_server.errors import ForbiddenError, NotFoundError
+from annotation_server.projects.models import is_project_tag
 
 # route template -> (query parameter naming the image, default tag; None: every tag)
 _READS: dict[str, tuple[str, str | None]] = {
@@ -30,28 +32,59 @@ async def blinding_guard(request: Request, token: str | None = Depends(bearer)) 
     route = getattr(request.scope.get("route"), "path", request.url.path).rstrip("/")
     method = request.method.upper()
     params = request.query_params
-    checks: list[tuple[str, str | None]] = []  # (image, tag) reads to check
-    save_image: str | None = None
-    if route in _READS and not (route == "/datastore/label" and method in ("PUT", "DELETE")):
+    reads: list[tuple[str, str | None]] = []  # (image, tag) the request reads
+    writes: list[tuple[str, str]] = []  # (image, tag) the request saves
+    if route in _READS and method in ("GET", "HEAD", "PUT"):
         key, default_tag = _READS[route]
         image = params.get(key) or params.get("image")
-        if image:
-            checks.append((image, params.get("tag") or default_tag))
-    if route == "/datastore/label" and method == "PUT":
-        save_image = params.get("image")
-    if route == "/interactive/sessions" and method == "POST":
+        if image and not (route == "/datastore/label" and method == "PUT"):
+            reads.append((image, params.get("tag") or default_tag))
+    if route == "/datastore/label" and method == "PUT" and params.get("image"):
+        writes.append((params["image"], params.get("tag") or "final"))
+    elif route == "/interactive/sessions" and method == "POST":
         body = await _json_body(request)
         if body.get("from_label") and isinstance(body.get("image"), str):
-            checks.append((body["image"], str(body["from_label"])))
-    if not checks and save_image is None:
+            reads.append((body["image"], str(body["from_label"])))
+    elif route == "/interactive/sessions/{session_id}/save" and method == "POST":
+        image = _session_image(services, request.path_params.get("session_id", ""))
+        if image is not None:
+            writes.append((image, str((await _json_body(request)).get("tag") or "final")))
+    elif route == "/infer/{model}" and method == "POST" and params.get("image"):
+        options = await _form_params(request)
+        if options.get("save_label"):
+            writes.append((params["image"], str(options.get("label_tag") or "original")))
+    if not reads and not writes:
         return
+    for image, tag in writes:
+        if is_project_tag(tag):
+            raise ForbiddenError(
+                f"label tag '{tag}' belongs to a multi-reader project: reads are saved with "
+                f"PUT /projects/<id>/cases/{image}/label, the consensus with POST .../consensus"
+            )
     if not projects.store.any_open():
         return
     principal = await current_principal(request, token)
-    for image, tag in checks:
+    for image, tag in reads:
         projects.check_read(image, tag, principal)
-    if save_image:
-        projects.check_direct_save(save_image, principal)
+    for image, _tag in writes:
+        projects.check_direct_save(image, principal)
+
+
+def _session_image(services: Any, session_id: str) -> str | None:
+    try:
+        return services.interactive.manager.get(session_id).image_id
+    except NotFoundError:
+        return None  # the route answers 404 itself
+
+
+async def _form_params(request: Request) -> dict[str, Any]:
+    """The `params` form field (JSON) of a multipart request; FastAPI has parsed and cached the form already."""
+    try:
+        raw = (await request.form()).get("params")
+        parsed = json.loads(raw) if isinstance(raw, str) else {}
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -25,6 +25,14 @@ def consensus_tag(project_id: int) -> str:
     return f"consensus-p{project_id}"
 
 
+_PROJECT_TAG = re.compile(r"^(reader|consensus)-p\d+(-|$)")
+
+
+def is_project_tag(tag: str) -> bool:
+    """Tags only the project routes write (a read, a consensus): never through the datastore's own routes."""
+    return bool(_PROJECT_TAG.match(tag))
+
+
 class ProjectCreate(BaseModel):
     """What a lead asks for. Images are chosen by exactly one of: a list, a filter (glob over ids), a strategy."""
 
