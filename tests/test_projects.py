@@ -244,3 +244,34 @@ def test_project_blinded_reads_consensus_adjudication_and_queue(app_client: Test
 def _audit_lines(client: TestClient) -> list[str]:
     folder = client.app.state.services.settings.data_dir / "audit"  # type: ignore[attr-defined]
     return [line for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines() if line]
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_create_status_and_export(studies: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from annotation_server.cli import cli
+
+    runner = CliRunner()
+    common = ["--studies", str(studies), "--app", "kidney"]
+    made = runner.invoke(
+        cli,
+        ["projects", "create", "pilot", *common, "--readers", "ann,bob,cat", "--filter", "phantom_*"]
+        + ["--readers-per-image", "2", "--seed", "3", "--data-dir", str(tmp_path / "data")],
+    )
+    assert made.exit_code == 0, made.output
+    project = json.loads(made.stdout)
+    status = runner.invoke(cli, ["projects", "status", str(project["id"]), *common])
+    assert status.exit_code == 0, status.output
+    progress = json.loads(status.stdout)
+    assert progress["cases"] == 2 and progress["reads_total"] == 4 and progress["reads_done"] == 0
+    assert sorted(v["assigned"] for v in progress["per_reader"].values()) == [1, 1, 2]
+    out = tmp_path / "report"
+    exported = runner.invoke(cli, ["projects", "export", str(project["id"]), *common, "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((out / "report.json").read_text())["cases"] == []  # nobody has read yet
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(cli, ["projects", "create", "x", *common, "--readers", "ann", "--readers-per-image", "2"])
+    assert bad.exit_code == 2 and "exactly one of" in bad.output  # no image selection, too few readers
+    audit = (tmp_path / "data" / "audit").glob("*.jsonl")
+    assert any('"project.create"' in f.read_text() for f in audit)
