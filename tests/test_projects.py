@@ -82,7 +82,7 @@ def test_staple_beats_every_reader_and_agreement_flags_the_missed_cyst() -> None
         assert dice(label == value, truth == value) >= best
     assert details["staple"]["cyst"]["missed"]["sensitivity"] < 0.1 < details["staple"]["cyst"]["over"]["sensitivity"]
     report = case_agreement("c", reads, (1.0, 1.0, 1.0), labels, 0.8)
-    assert report.flagged and report.flagged_readers == {"missed": ["cyst"]}
+    assert report.flagged and report.flagged_readers == {"missed": ["cyst"]} and report.missed == {"missed": ["cyst"]}
     assert report.mean_dice["tumor"] == 1.0 and report.mean_dice["cyst"] == pytest.approx(1 / 3)
     kidney = next(p for p in report.pairs if p.label == "kidney" and {p.a, p.b} == {"over", "under"})
     assert 2.0 <= kidney.hd95_mm <= 3.5 and 1.0 < kidney.asd_mm < 2.5  # the two shells are 2 voxels apart
@@ -202,6 +202,7 @@ def test_project_blinded_reads_consensus_adjudication_and_queue(app_client: Test
 
     report = c.get(f"/projects/{pid}/report", headers=h["judge"]).json()
     assert report["flagged_cases"] == ["phantom_a"] and report["flagged_readers"]["phantom_a"] == {"r2": ["tumor"]}
+    assert report["missed_structures"] == {"phantom_a": {"r2": ["tumor"]}}
     assert report["reader_seconds"] == {"r1": 30.0, "r2": 30.0, "r3": 30.0}
     csv_rows = c.get(f"/projects/{pid}/report.csv", headers=h["judge"]).text.strip().splitlines()
     assert len(csv_rows) == 1 + 3 * 2  # header + 3 pairs x 2 labels
@@ -254,11 +255,8 @@ def test_cli_create_status_and_export(studies: Path, tmp_path: Path) -> None:
 
     runner = CliRunner()
     common = ["--studies", str(studies), "--app", "kidney"]
-    made = runner.invoke(
-        cli,
-        ["projects", "create", "pilot", *common, "--readers", "ann,bob,cat", "--filter", "phantom_*"]
-        + ["--readers-per-image", "2", "--seed", "3", "--data-dir", str(tmp_path / "data")],
-    )
+    options = ["--readers", "ann,bob,cat", "--filter", "phantom_*", "--readers-per-image", "2", "--seed", "3"]
+    made = runner.invoke(cli, ["projects", "create", "pilot", *common, *options, "--data-dir", str(tmp_path / "data")])
     assert made.exit_code == 0, made.output
     project = json.loads(made.stdout)
     status = runner.invoke(cli, ["projects", "status", str(project["id"]), *common])
@@ -275,3 +273,26 @@ def test_cli_create_status_and_export(studies: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "exactly one of" in bad.output  # no image selection, too few readers
     audit = (tmp_path / "data" / "audit").glob("*.jsonl")
     assert any('"project.create"' in f.read_text() for f in audit)
+
+
+# ------------------------------------------------------------------------------------- simulated project
+@pytest.mark.slow  # a live kidney server, phantoms, 9 reads through REST: ~45 s
+def test_simulated_project_on_a_live_server() -> None:
+    """benchmarks/multireader.py: three readers with known errors on the real CT and two phantoms."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "multireader.py"), "--phantoms", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["reads"] == 9 and result["blinding_holds"], result["blinding"]
+    assert all(result["staple_beats_best_reader"].values()), result["per_case"]
+    assert result["missed_cyst_reader_flagged_on_every_phantom"] and result["missed_structures"].get("real_ct") is None
+    assert result["queue"]["only_adjudicated_eligible"] and result["queue"]["direct_finals_held"] == 1
+    assert result["queue"]["reader_tags_in_queue"] == 0

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 _MARGIN = 2
+MISSED_RECALL = 0.1  # a reader who covers under 10% of a structure the consensus has, missed it
 
 
 class PairAgreement(BaseModel):
@@ -38,6 +39,7 @@ class CaseAgreement(BaseModel):
     reader_vs_consensus: dict[str, dict[str, float]]  # reader -> label -> Dice against the majority vote
     flagged: bool
     flagged_readers: dict[str, list[str]]  # reader -> labels where their Dice vs consensus is below threshold
+    missed: dict[str, list[str]]  # reader -> labels the consensus has and they (almost) did not draw at all
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -121,6 +123,7 @@ def case_agreement(
     mean: dict[str, float] = {}
     versus: dict[str, dict[str, float]] = {r: {} for r in readers}
     flagged_readers: dict[str, list[str]] = {}
+    missed: dict[str, list[str]] = {}
     for name, value in labels.items():
         if value == 0:
             continue
@@ -145,6 +148,8 @@ def case_agreement(
             versus[r][name] = dice(masks[r], ref)
             if versus[r][name] < threshold:
                 flagged_readers.setdefault(r, []).append(name)
+            if ref.any() and np.logical_and(masks[r], ref).sum() < MISSED_RECALL * ref.sum():
+                missed.setdefault(r, []).append(name)
     worst = min(mean.values()) if mean else None
     return CaseAgreement(
         image_id=image_id,
@@ -156,4 +161,5 @@ def case_agreement(
         reader_vs_consensus=versus,
         flagged=worst is not None and worst < threshold,
         flagged_readers=flagged_readers,
+        missed=missed,
     )

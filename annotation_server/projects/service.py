@@ -209,6 +209,7 @@ class ProjectService:
             "cases": [c.model_dump() for c in cases],
             "flagged_cases": [c.image_id for c in cases if c.flagged],
             "flagged_readers": {c.image_id: c.flagged_readers for c in cases if c.flagged_readers},
+            "missed_structures": {c.image_id: c.missed for c in cases if c.missed},
             "reader_seconds": seconds,
         }
 
