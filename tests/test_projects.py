@@ -204,6 +204,8 @@ def test_project_blinded_reads_consensus_adjudication_and_queue(app_client: Test
     assert report["flagged_cases"] == ["phantom_a"] and report["flagged_readers"]["phantom_a"] == {"r2": ["tumor"]}
     assert report["missed_structures"] == {"phantom_a": {"r2": ["tumor"]}}
     assert report["reader_seconds"] == {"r1": 30.0, "r2": 30.0, "r3": 30.0}
+    assert report["reader_vs_consensus_mean_dice"]["r2"]["tumor"] == 0.0  # r2 drew no tumor
+    assert report["reader_vs_consensus_mean_dice"]["r1"] == {"kidney": 1.0, "tumor": 1.0}
     csv_rows = c.get(f"/projects/{pid}/report.csv", headers=h["judge"]).text.strip().splitlines()
     assert len(csv_rows) == 1 + 3 * 2  # header + 3 pairs x 2 labels
     png = c.get(f"/projects/{pid}/report.png", headers=h["judge"])

@@ -203,6 +203,11 @@ class ProjectService:
         for a in self.store.assignments(project_id):
             if a.seconds:
                 seconds[a.reader] = seconds.get(a.reader, 0.0) + a.seconds
+        versus: dict[str, dict[str, list[float]]] = {}
+        for c in cases:
+            for reader, per_label in c.reader_vs_consensus.items():
+                for label, value in per_label.items():
+                    versus.setdefault(reader, {}).setdefault(label, []).append(value)
         return {
             "project": project.model_dump(mode="json"),
             "threshold": project.agreement_threshold,
@@ -211,6 +216,9 @@ class ProjectService:
             "flagged_readers": {c.image_id: c.flagged_readers for c in cases if c.flagged_readers},
             "missed_structures": {c.image_id: c.missed for c in cases if c.missed},
             "reader_seconds": seconds,
+            "reader_vs_consensus_mean_dice": {
+                r: {label: float(np.mean(v)) for label, v in per.items()} for r, per in versus.items()
+            },
         }
 
     # ---------------------------------------------------------------------------- consensus, adjudication
