@@ -173,7 +173,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     # Loaded and warmed on the inference thread itself, where every later forward pass runs (see `call`).
     tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
     inference.tasks.update(tasks)
-    project_service = build_projects(store, app_spec)
+    project_service = build_projects(store, app_spec, settings)
     hold = project_service.queue_hold if project_service else None
     fl_queue, preannotations = attach_federated_queue(store, app_spec.federated, hold)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
@@ -237,11 +237,14 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     )
 
 
-def build_projects(store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec) -> ProjectService | None:
+def build_projects(
+    store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec, settings: Settings
+) -> ProjectService | None:
     """Multi-reader projects on a folder datastore (their file lives in its state folder)."""
     if not isinstance(store, LocalDatastore):
         return None
-    return ProjectService(ProjectStore.in_state_dir(store.state_dir), store, dict(app_spec.labels))
+    reservations = Reservations(settings.next_sample_reservation_s)  # a project's Next holds a case as /activelearning
+    return ProjectService(ProjectStore.in_state_dir(store.state_dir), store, dict(app_spec.labels), None, reservations)
 
 
 def build_watcher(

@@ -298,3 +298,34 @@ def test_simulated_project_on_a_live_server() -> None:
     assert result["missed_cyst_reader_flagged_on_every_phantom"] and result["missed_structures"].get("real_ct") is None
     assert result["queue"]["only_adjudicated_eligible"] and result["queue"]["direct_finals_held"] == 1
     assert result["queue"]["reader_tags_in_queue"] == 0
+
+
+def test_next_hands_out_only_assigned_unfinished_cases_and_skips(studies: Path, tmp_path: Path) -> None:
+    from annotation_server.datastore import LocalDatastore
+    from annotation_server.learning.strategies import builtin_strategies
+    from annotation_server.projects.models import ProjectCreate
+    from annotation_server.projects.service import ProjectService
+    from annotation_server.projects.store import ProjectStore
+
+    store = LocalDatastore(studies)
+    store.rescan()
+    service = ProjectService(ProjectStore(tmp_path / "p.sqlite"), store, LABELS, builtin_strategies())
+    try:
+        spec = ProjectCreate(name="p", strategy="random", count=2, readers=["ann", "bob"], readers_per_image=2)
+        project = service.create(spec, "lead")
+        cases = sorted(a.image_id for a in service.store.assignments(project.id, reader="ann"))
+        assert len(cases) == 2 and set(cases) <= {"sample_ct", "phantom_a", "phantom_b"}
+        first = service.next_case(project.id, "ann")["id"]
+        second = service.next_case(project.id, "ann")["id"]  # asking again: they skipped the first
+        assert {first, second} == set(cases) and service.next_case(project.id, "bob")["id"] in cases
+        done = cases[0]
+        geometry = store.image_geometry(done)
+        label = tmp_path / "read.nii"
+        nib.save(nib.Nifti1Image(np.zeros(geometry.shape, np.uint8), geometry.affine), str(label))
+        service.save_read(project.id, done, "ann", label, "read.nii", {"seconds": 12})
+        assert all(service.next_case(project.id, "ann")["id"] == cases[1] for _ in range(3))  # done: never again
+        assert service.store.assignments(project.id, reader="ann", image_id=done)[0].seconds == 12
+        assert service.next_case(project.id, "zoe") == {}  # not a reader of the project
+    finally:
+        service.close()
+        store.close()
