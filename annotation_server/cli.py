@@ -36,6 +36,7 @@ from annotation_server.cli_support import (
 )
 from annotation_server.federated.cli import fl_app
 from annotation_server.inference.batch_cli import batch_app
+from annotation_server.projects.cli import projects_app
 from annotation_server.slicer_extension import slicer_extension
 
 cli = typer.Typer(add_completion=False, help="AI-assisted annotation server for 3D medical images (MONAI Label API).")
@@ -46,6 +47,7 @@ cli.add_typer(users_app, name="users")
 cli.add_typer(audit_app, name="audit")
 cli.command("slicer-extension")(slicer_extension)
 cli.add_typer(batch_app, name="batch")
+cli.add_typer(projects_app, name="projects")
 
 AppOption = Annotated[str | None, typer.Option("--app", help="App name (e.g. kidney) or path to an app folder")]
 

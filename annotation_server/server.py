@@ -29,6 +29,7 @@ from annotation_server.api import (
     logs,
     model,
     preannotation,
+    projects,
     scoring,
     session,
     train,
@@ -72,6 +73,9 @@ from annotation_server.logging_setup import attach_file_log, detach_file_log
 from annotation_server.metrics import Metrics, install_request_metrics
 from annotation_server.preannotation.state import WatchState
 from annotation_server.preannotation.watcher import PacsWatcher
+from annotation_server.projects.blinding import blinding_guard
+from annotation_server.projects.service import ProjectService
+from annotation_server.projects.store import ProjectStore
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels, register_sources
 from annotation_server.samples import ensure_sample_studies
@@ -99,6 +103,7 @@ ROUTERS = (
     audit_api.router,
     batch.router,
     preannotation.router,
+    projects.router,
 )
 
 
@@ -188,7 +193,9 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
     tasks, failed, bundle_sources = inference.call(lambda: load_models(settings, app_spec, device, registry))
     inference.tasks.update(tasks)
     restrict_label_values(store, app_spec, tasks)
-    fl_queue, preannotations = attach_federated_queue(store, app_spec.federated)
+    project_service = build_projects(store, app_spec, settings)
+    hold = project_service.queue_hold if project_service else None
+    fl_queue, preannotations = attach_federated_queue(store, app_spec.federated, hold)
     inference.result_observer = preannotations.record  # model outputs become pre-annotations for effort measures
     serving = ServingModels(registry, bundle_sources, inference, device)
     scoring_service = ScoringService(
@@ -200,6 +207,8 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         threads=settings.scoring_threads,
     )
     strategies = {**builtin_strategies(), **uncertainty_strategies(scoring_service), **app_spec.strategies}
+    if project_service is not None:
+        project_service.strategies = strategies
     interactive = InteractiveService(
         SessionManager(
             settings.data_dir / "interactive" / "spill", settings.session_memory_mb << 20, settings.session_expiry_s
@@ -246,7 +255,18 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
         auth=AuthService.from_settings(settings, audit),
         batch=BatchInferService(store, inference),
         watcher=build_watcher(settings, app_spec, store, inference),
+        projects=project_service,
     )
+
+
+def build_projects(
+    store: LocalDatastore | DicomWebDatastore, app_spec: AppSpec, settings: Settings
+) -> ProjectService | None:
+    """Multi-reader projects on a folder datastore (their file lives in its state folder)."""
+    if not isinstance(store, LocalDatastore):
+        return None
+    reservations = Reservations(settings.next_sample_reservation_s)  # a project's Next holds a case as /activelearning
+    return ProjectService(ProjectStore.in_state_dir(store.state_dir), store, dict(app_spec.labels), None, reservations)
 
 
 def build_watcher(
@@ -386,7 +406,7 @@ def create_app(settings: Settings | None = None, app_spec: AppSpec | None = None
     # Every API route is guarded by the role table in auth/policy.py (a no-op while auth is off); /auth/* is
     # mounted only when auth is on, so clients see the 404 that means "no login needed".
     for router in ROUTERS:
-        app.include_router(router, dependencies=[Depends(authorize)])
+        app.include_router(router, dependencies=[Depends(authorize), Depends(blinding_guard)])
     if settings.auth_enabled:
         app.include_router(auth_routes.router)
     mount_ohif(app, settings)  # /ohif/ and its DICOMweb proxy when settings.ohif is on

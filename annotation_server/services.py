@@ -21,6 +21,7 @@ from annotation_server.learning.active_learning import ActiveLearningService
 from annotation_server.learning.jobs import TrainingJobs
 from annotation_server.learning.scoring import ScoringService
 from annotation_server.preannotation.watcher import PacsWatcher
+from annotation_server.projects.service import ProjectService
 from annotation_server.registry import ModelRegistry
 from annotation_server.registry.serving import ServingModels
 from annotation_server.sessions import SessionStore
@@ -50,6 +51,7 @@ class Services:
     watcher: PacsWatcher | None = None  # the PACS watcher (ANNOTATE_WATCH_PACS on a DICOMweb datastore)
     auth: AuthService = field(default_factory=lambda: AuthService(enabled=False))  # off unless the settings say
     started_ts: float = field(default_factory=time.time)
+    projects: ProjectService | None = None  # multi-reader projects (folder datastores)
 
     def close(self) -> None:
         if self.watcher is not None:
@@ -61,5 +63,7 @@ class Services:
         self.inference.close()
         self.preannotations.close()
         self.fl_queue.close()
+        if self.projects is not None:
+            self.projects.close()
         self.datastore.close()
         self.auth.close()

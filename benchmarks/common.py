@@ -46,7 +46,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{base[-1]} exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/info/", timeout=5).status_code in (200, 401):  # 401: up, logins on
                     self.startup_s = time.monotonic() - started
                     return
             except httpx.HTTPError:

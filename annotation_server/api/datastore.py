@@ -67,7 +67,8 @@ def datastore_listing(
 ) -> Any:
     ds = services.datastore
     if output is ListingOutput.all:
-        return ds.dump()
+        dump = ds.dump()  # without other readers' labels of blinded multi-reader cases
+        return services.projects.redact_listing(dump, principal) if services.projects else dump
     if output is ListingOutput.train:
         pairs = ds.train_pairs()
         if principal.has(Role.admin):

@@ -31,10 +31,16 @@ RULES: tuple[Rule, ...] = (
     Rule(READ, "/logs", Role.admin),
     Rule(READ, "/datastore/dataset", Role.admin),
     Rule(READ, "/audit", Role.admin),
+    Rule(READ, "/projects/*/report*", Role.adjudicator),  # agreement between readers: not for the readers
     Rule(READ, "*", Role.user),
     # review
     Rule(WRITE, "/fl/queue/*/approve", Role.reviewer),
     Rule(WRITE, "/fl/queue/*/exclude", Role.reviewer),
+    # multi-reader projects (readers' own routes are under "annotating")
+    Rule(WRITE, "/projects", Role.lead),
+    Rule(WRITE, "/projects/*/cases/*/consensus", Role.adjudicator),
+    Rule(WRITE, "/projects/*/cases/*/adjudicate", Role.adjudicator),
+    Rule(WRITE, "/projects/*/cases/*/accept-consensus", Role.lead),
     # running the site
     Rule(WRITE, "/train*", Role.admin),
     Rule(WRITE, "/scoring*", Role.admin),
@@ -47,6 +53,8 @@ RULES: tuple[Rule, ...] = (
     Rule(WRITE, "/session*", Role.annotator),
     Rule(WRITE, "/interactive/*", Role.annotator),
     Rule(WRITE, "/datastore*", Role.annotator),
+    Rule(WRITE, "/projects/*/next", Role.annotator),
+    Rule(WRITE, "/projects/*/cases/*/label", Role.annotator),
 )
 
 FALLBACK_READ = Role.user

@@ -2,6 +2,9 @@
 
 The four roles are MONAI Label's (admin, reviewer, annotator, user) and are nested: each includes the ones
 below it, so a user is stored with one role and an admin never needs to be listed as an annotator too.
+Multi-reader projects (docs/projects.md) add two between reviewer and admin: `adjudicator` (a senior reader
+who sees every reader's label of a case, builds the consensus and saves the adjudicated final; also a
+reviewer) and `lead` (creates projects and sees everything in them; also an adjudicator).
 """
 
 from __future__ import annotations
@@ -14,10 +17,19 @@ class Role(StrEnum):
     user = "user"  # look: /info/, listings, downloads, job status
     annotator = "annotator"  # work: infer, sessions, next sample, save labels
     reviewer = "reviewer"  # decide: approve or exclude labels for federated training
+    adjudicator = "adjudicator"  # multi-reader projects: see readers' labels, consensus, adjudicated final
+    lead = "lead"  # multi-reader projects: create them, see everything in them
     admin = "admin"  # run the site: train, promote models, delete, logs, dataset export
 
 
-RANKS: dict[Role, int] = {Role.user: 0, Role.annotator: 1, Role.reviewer: 2, Role.admin: 3}
+RANKS: dict[Role, int] = {
+    Role.user: 0,
+    Role.annotator: 1,
+    Role.reviewer: 2,
+    Role.adjudicator: 3,
+    Role.lead: 4,
+    Role.admin: 5,
+}
 
 
 def parse_role(value: str) -> Role:

@@ -7,6 +7,7 @@ interactive session's save, /infer/ with `save_label`) enqueues without knowing 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ from annotation_server.federated.queue import FederatedQueue
 
 logger = logging.getLogger(__name__)
 
+Hold = Callable[[LabelVersion], str | None]
+
 RETIRED_REASON = "the final label was retired or its image deleted in the datastore"
 NEWER_REASON = (
     "final label version {version} is newer and not queued yet; start the server on these studies to queue it"
@@ -32,12 +35,16 @@ class QueueRecorder:
     queue: FederatedQueue
     preannotations: PreannotationStore
     config: FederatedConfig
+    hold: Hold | None = None  # why a final may not be trained on (e.g. not adjudicated in its project), or None
 
     def __call__(self, label: LabelVersion, array: np.ndarray | None) -> None:
         """The datastore's `label_saved` callback: only `final` labels are training material."""
         if label.tag != FINAL_TAG:
             return
-        entry = self.queue.enqueue(label, self.measure(label, array), self.config.review_required)
+        held = self.hold(label) if self.hold is not None else None
+        entry = self.queue.enqueue(label, self.measure(label, array), self.config.review_required or held is not None)
+        if held is not None:
+            entry = self.queue.exclude(entry.id, held, reviewer="projects")
         logger.info("federated queue: entry %d for %s v%d (%s)", entry.id, label.image_id, label.version, entry.status)
 
     def _preannotation(self, label: LabelVersion) -> Preannotation | None:

@@ -8,16 +8,17 @@ from annotation_server.datastore import FINAL_TAG, LocalDatastore
 from annotation_server.federated.config import FederatedConfig
 from annotation_server.federated.preannotations import PREANNOTATIONS_DIRNAME, PreannotationStore
 from annotation_server.federated.queue import FederatedQueue
-from annotation_server.federated.recorder import QueueRecorder, sync_with_datastore
+from annotation_server.federated.recorder import Hold, QueueRecorder, sync_with_datastore
 
 
 def attach_federated_queue(
-    datastore: LocalDatastore, config: FederatedConfig
+    datastore: LocalDatastore, config: FederatedConfig, hold: Hold | None = None
 ) -> tuple[FederatedQueue, PreannotationStore]:
-    """Open the queue beside `datastore`, subscribe it to final-label saves and catch up with earlier labels."""
+    """Open the queue beside `datastore`, subscribe it to final-label saves and catch up with earlier labels.
+    `hold` names why a saved final must not be trained on (multi-reader projects needing adjudication)."""
     queue = FederatedQueue.in_state_dir(datastore.state_dir)
     preannotations = PreannotationStore(datastore.state_dir / PREANNOTATIONS_DIRNAME)
-    recorder = QueueRecorder(queue, preannotations, config)
+    recorder = QueueRecorder(queue, preannotations, config, hold)
     datastore.label_saved.append(recorder)
 
     def label_retired(image_id: str, tag: str) -> None:  # retired final labels leave the queue at once

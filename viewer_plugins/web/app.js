@@ -5,6 +5,12 @@
 // (volumes[2], shown faintly for reference). A session on a labeled image starts from that saved label
 // (`from_label`), so the annotator corrects it rather than starting again.
 //
+// Multi-reader projects (docs/projects.md): with a project picked, Next hands out the caller's assigned cases
+// and Save uploads the mask as their read; an adjudicator (or lead, admin) also sees every reader's read and
+// the consensus as separately coloured layers (toggled in the sidebar), starts from the consensus and saves
+// the adjudicated final. The image is shown in radiological convention by default (patient's right on the
+// screen's left), with a toggle.
+//
 // `window.viewer` is the contract with tests/test_web_viewer.py: ready/error flags, the Niivue
 // instance, the state, and `pending` (requests queued or in flight).
 
@@ -41,10 +47,17 @@ const state = {
   lastAnswer: null,
   newObject: false,
   tool: "point", // "point" | "box" | "lasso"
+  roles: [], // the caller's roles (every role while logins are off)
+  project: null, // the picked multi-reader project's id, or null
+  layers: [], // reader and consensus layers of the open case: {name, tag, color, visible, volume}
+  adjudicating: false, // the open case is adjudicated here (Save -> the adjudicated final)
 };
+const LAYER_COLORS = [[255, 99, 71], [65, 105, 225], [50, 205, 50], [238, 130, 238], [255, 215, 0], [0, 206, 209]];
+const CONSENSUS_COLOR = [255, 255, 255];
 const viewer = { ready: false, error: null, nv: null, api, state, maskVolume: () => viewer.nv?.volumes[1] ?? null };
 viewer.nativeVoxel = (ras) => nativeVoxel(viewer.nv.volumes[0], ras); // NiiVue's (RAS) voxel -> the server's
 viewer.setTool = (tool) => setTool(tool);
+viewer.toggleLayer = (name) => toggleLayer(name);
 window.viewer = viewer;
 
 // ------------------------------------------------------------------------------------------ status line
@@ -101,10 +114,14 @@ async function checkAuth() {
   } catch {
     enabled = false;
   }
+  state.roles = ["admin", "lead", "adjudicator", "reviewer", "annotator", "user"];
   if (!enabled) return true;
   if (api.token) {
     const response = await fetch(api.url("auth/token/valid"), { headers: api.headers() });
-    if (response.ok) return true;
+    if (response.ok) {
+      state.roles = (await response.json()).roles || [];
+      return true;
+    }
     api.setToken(null);
   }
   showLogin();
@@ -117,6 +134,8 @@ async function logIn(username, password) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.detail || `login failed: ${response.status}`);
   api.setToken(body.access_token);
+  const valid = await fetch(api.url("auth/token/valid"), { headers: api.headers() });
+  state.roles = valid.ok ? (await valid.json()).roles || [] : [];
   if (!clientId()) {
     $("client-id").value = body.username || username;
     localStorage.setItem(CLIENT_KEY, clientId());
@@ -198,6 +217,12 @@ function styleLabelLayers() {
   const overlay = Number($("opacity").value) / 100;
   for (const [index, volume] of nv.volumes.entries()) {
     if (index === 0) continue;
+    const layer = state.layers.find((l) => l.volume === volume);
+    if (layer) {
+      volume.setColormapLabel(solidColormap(layer.color, state.labels));
+      volume.opacity = layer.visible ? 0.45 : 0;
+      continue;
+    }
     volume.setColormapLabel(cm);
     volume.opacity = index === 1 ? overlay : $("show-saved").checked ? SAVED_OPACITY : 0;
   }
@@ -238,6 +263,8 @@ async function openImage(id) {
     state.dirty = false;
     state.savedVersion = null;
     state.lastAnswer = null;
+    state.layers = [];
+    state.adjudicating = false;
     renderListing();
     history.replaceState(null, "", `#image=${encodeURIComponent(id)}`);
     setStatus(`loading ${id}…`);
@@ -264,8 +291,21 @@ async function openImage(id) {
         console.warn("saved label could not be displayed", error);
       }
     }
+    let from = state.savedVersion ? { tag: "final", version: state.savedVersion } : null;
+    if (state.project && hasRole("adjudicator")) {
+      const consensus = await loadReadLayers(id, volume);
+      if (state.layers.length) {
+        state.adjudicating = true;
+        if (consensus) {
+          mask.img.set(consensus.volume.img); // the adjudicator corrects the consensus
+          from = { tag: consensus.tag, version: consensus.version };
+        }
+      }
+    }
     await nv.loadVolumes([]); // clear the scene
     for (const layer of layers) nv.addVolume(layer);
+    for (const layer of state.layers) nv.addVolume(layer.volume);
+    renderLayers();
     state.calRange = [volume.cal_min, volume.cal_max];
     if (volume.global_min < -500 && $("window").value === "auto") $("window").value = "400,50"; // CT: abdomen window
     applyWindow();
@@ -273,7 +313,7 @@ async function openImage(id) {
     $("empty-hint").hidden = true;
     const dims = volume.hdr.dims.slice(1, 4);
     $("image-info").textContent = `${id}: ${dims.join("×")} · ${volume.hdr.pixDims.slice(1, 4).map((v) => +v.toFixed(2)).join("×")} mm`;
-    await openSession(id, dims, state.savedVersion);
+    await openSession(id, dims, from);
     state.openedAt = performance.now();
     const note = state.savedVersion ? ` · started from saved final v${state.savedVersion}` : "";
     setStatus(`${id} ready: click, box or lasso to segment${note}`);
@@ -281,10 +321,10 @@ async function openImage(id) {
   });
 }
 
-async function openSession(id, dims, fromVersion = null) {
+async function openSession(id, dims, from = null) {
   const body = { image: id, label: $("label").value || undefined, model: $("model").value || undefined };
   if (clientId()) body.client_id = clientId();
-  if (fromVersion) Object.assign(body, { from_label: "final", from_version: Number(fromVersion) });
+  if (from) Object.assign(body, { from_label: from.tag, from_version: Number(from.version) });
   const { data, ms } = await api.post("interactive/sessions", body);
   if (data.shape.join() !== dims.join()) {
     await api.request("DELETE", `interactive/sessions/${data.session_id}`).catch(() => {});
@@ -361,6 +401,7 @@ function step(action) {
 function save() {
   const session = state.session;
   if (!session) return;
+  if (state.project) return saveToProject();
   return serial(async () => {
     const info = { seconds_spent: Math.round((performance.now() - state.openedAt) / 1000), viewer: "web" };
     const body = { tag: "final", info };
@@ -389,6 +430,7 @@ function copyMaskToSavedLayer(version) {
 }
 
 async function next() {
+  if (state.project) return nextInProject();
   const strategy = $("strategy").value;
   if (!strategy) return;
   try {
@@ -677,6 +719,8 @@ function wireControls() {
   $("view").addEventListener("change", applyView);
   $("opacity").addEventListener("input", styleLabelLayers);
   $("show-saved").addEventListener("change", styleLabelLayers);
+  $("radiological").addEventListener("change", applyConvention);
+  $("project").addEventListener("change", () => pickProject($("project").value).catch(showError));
   const client = $("client-id");
   client.value = localStorage.getItem(CLIENT_KEY) || "";
   client.placeholder = "name";
@@ -686,7 +730,7 @@ function wireControls() {
     try {
       await logIn($("username").value.trim(), $("password").value);
       $("password").value = "";
-      await Promise.all([loadInfo(), loadListing()]);
+      await Promise.all([loadInfo(), loadListing(), loadProjects()]);
       $("login").hidden = true;
       setStatus(`logged in · ${Object.keys(state.listing).length} images`);
       const wanted = new URLSearchParams(location.hash.slice(1)).get("image");
@@ -730,6 +774,186 @@ function wireControls() {
   });
 }
 
+// ------------------------------------------------------------------------------------ multi-reader projects
+function hasRole(role) {
+  return state.roles.includes(role);
+}
+
+function applyConvention() {
+  viewer.nv.setRadiologicalConvention($("radiological").checked);
+  viewer.nv.drawScene();
+}
+
+/** Every label value in one colour: a reader's layer is told apart by its colour, not by the label. */
+function solidColormap(color, labels) {
+  const max = Math.max(1, ...Object.values(labels));
+  const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+  for (let value = 1; value <= max; value++) {
+    cm.R.push(color[0]);
+    cm.G.push(color[1]);
+    cm.B.push(color[2]);
+    cm.A.push(255);
+    cm.I.push(value);
+    cm.labels.push(`label ${value}`);
+  }
+  return cm;
+}
+
+async function loadProjects() {
+  if (!hasRole("annotator")) return;
+  let projects = [];
+  try {
+    projects = (await api.get("projects")).data;
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) throw error; // 404: a PACS datastore, no projects
+  }
+  const select = $("project");
+  const options = projects.map((p) => {
+    const option = document.createElement("option");
+    option.value = String(p.id);
+    option.textContent = `${p.name}${p.due ? ` (due ${p.due})` : ""}`;
+    return option;
+  });
+  const none = document.createElement("option");
+  none.value = "";
+  none.textContent = "(none)";
+  select.replaceChildren(none, ...options);
+  if (state.project) select.value = String(state.project);
+}
+
+async function pickProject(value) {
+  state.project = value ? Number(value) : null;
+  await loadQueue();
+  setStatus(state.project ? `project ${state.project}: Next opens your next case` : "no project: Next uses the strategy");
+}
+
+async function loadQueue() {
+  const shown = Boolean(state.project);
+  $("queue").hidden = $("queue-head").hidden = !shown;
+  if (!shown) return;
+  const mine = (await api.get("projects/mine")).data.filter((a) => a.project_id === state.project);
+  const items = mine.map((a) => {
+    const li = document.createElement("li");
+    li.dataset.image = a.image_id;
+    li.className = a.status === "done" ? "done" : "";
+    li.textContent = `${a.image_id} · ${a.status}`;
+    li.addEventListener("click", () => openImage(a.image_id));
+    return li;
+  });
+  if (!items.length) items.push(Object.assign(document.createElement("li"), { textContent: "no cases assigned to you" }));
+  $("queue").replaceChildren(...items);
+}
+
+async function nextInProject() {
+  try {
+    const { data, ms } = await api.post(`projects/${state.project}/next`, {});
+    setLatency("next", ms);
+    if (!data.id) {
+      setStatus(`project ${state.project}: every case of yours is read`);
+      return;
+    }
+    await openImage(data.id);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function fetchLabel(id, tag) {
+  const { data, response } = await api.get("datastore/label", { params: { label: id, tag }, as: "buffer" });
+  const name = downloadName(response) || `${id}-${tag}.nii.gz`;
+  return { volume: await NVImage.loadFromUrl({ url: name, name, buffer: data }), version: response.headers.get("X-Label-Version") };
+}
+
+/** The case's reads and consensus as layers (adjudicators only); -> the consensus layer or null. */
+async function loadReadLayers(id, image) {
+  let answer;
+  try {
+    answer = (await api.get(`projects/${state.project}/cases/${encodeURIComponent(id)}/reads`)).data;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null; // not a case of this project
+    throw error;
+  }
+  const sameGrid = (v) => v.hdr.dims.slice(1, 4).join() === image.hdr.dims.slice(1, 4).join();
+  const readers = Object.entries(answer.reads).sort(([a], [b]) => a.localeCompare(b));
+  for (const [index, [reader, read]] of readers.entries()) {
+    const { volume } = await fetchLabel(id, read.tag);
+    if (!sameGrid(volume)) continue;
+    volume.name = `${reader} (v${read.version})`;
+    state.layers.push({ name: reader, tag: read.tag, color: LAYER_COLORS[index % LAYER_COLORS.length], visible: true, volume });
+  }
+  if (!answer.case.consensus_version) return null;
+  const { volume, version } = await fetchLabel(id, answer.consensus_tag);
+  if (!sameGrid(volume)) return null;
+  volume.name = `consensus (v${version})`;
+  const layer = { name: "consensus", tag: answer.consensus_tag, version, color: CONSENSUS_COLOR, visible: true, volume };
+  state.layers.push(layer);
+  return layer;
+}
+
+function renderLayers() {
+  const shown = state.layers.length > 0;
+  $("layers").hidden = $("layers-head").hidden = !shown;
+  const items = state.layers.map((layer) => {
+    const li = document.createElement("li");
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", checked: layer.visible });
+    box.dataset.layer = layer.name;
+    box.addEventListener("change", () => toggleLayer(layer.name, box.checked));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${layer.color.join(",")})`;
+    const name = document.createElement("span");
+    name.textContent = layer.name;
+    li.append(box, swatch, name);
+    return li;
+  });
+  $("layers").replaceChildren(...items);
+}
+
+function toggleLayer(name, visible) {
+  const layer = state.layers.find((l) => l.name === name);
+  if (!layer) return;
+  layer.visible = visible ?? !layer.visible;
+  const box = document.querySelector(`#layers input[data-layer="${CSS.escape(name)}"]`);
+  if (box) box.checked = layer.visible;
+  styleLabelLayers();
+}
+
+/** The session's mask as an uncompressed NIfTI on the image's grid (labels as stored, no intensity scaling). */
+async function maskAsNifti() {
+  const mask = viewer.nv.volumes[1];
+  const { scl_slope: slope, scl_inter: inter } = mask.hdr;
+  mask.hdr.scl_slope = 1;
+  mask.hdr.scl_inter = 0;
+  try {
+    return await mask.saveToUint8Array("mask.nii");
+  } finally {
+    mask.hdr.scl_slope = slope;
+    mask.hdr.scl_inter = inter;
+  }
+}
+
+function saveToProject() {
+  const id = state.imageId;
+  return serial(async () => {
+    const seconds = Math.round((performance.now() - state.openedAt) / 1000);
+    const form = new FormData();
+    form.append("params", JSON.stringify({ seconds, viewer: "web" }));
+    form.append("label", new Blob([await maskAsNifti()]), `${id}.nii`);
+    const base = `projects/${state.project}/cases/${encodeURIComponent(id)}`;
+    const [method, path] = state.adjudicating ? ["POST", `${base}/adjudicate`] : ["PUT", `${base}/label`];
+    const started = performance.now();
+    const response = await fetch(api.url(path), { method, body: form, headers: api.headers() });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, body.detail || response.statusText, method, path);
+    state.dirty = false;
+    state.savedVersion = body.version;
+    state.lastSaved = body;
+    setStatus(`saved ${body.image} as ${body.tag} v${body.version}${state.adjudicating ? " (adjudicated)" : ""}`);
+    setLatency("save", performance.now() - started);
+    await Promise.all([loadListing(), loadQueue()]);
+  });
+}
+
 // ------------------------------------------------------------------------------------------------ start
 async function main() {
   const nv = new Niivue({
@@ -746,6 +970,7 @@ async function main() {
   viewer.nv = nv;
   await nv.attachTo("gl");
   nv.setSliceType(nv.sliceTypeAxial);
+  applyConvention();
   wireCanvas(nv.canvas);
   wireDrawing(nv.canvas);
   wireControls();
@@ -757,7 +982,7 @@ async function main() {
     return;
   }
   try {
-    await Promise.all([loadInfo(), loadListing()]);
+    await Promise.all([loadInfo(), loadListing(), loadProjects()]);
     setStatus(`${Object.keys(state.listing).length} images · pick one or press Next`);
   } catch (error) {
     showError(error);
