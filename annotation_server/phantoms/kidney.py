@@ -9,10 +9,10 @@ the excretory phase a bright collecting system.
 Label convention (issue 17): `kidney` covers everything inside the parenchymal outline (the envelope):
 cortex, medulla, collecting system AND the renal sinus fat and hilar vessels inside it; only what bulges
 out of the hilum (extrarenal pelvis, the vessels' course to the aorta/IVC, perirenal fat) is background.
-This follows the KiTS19 annotation (Heller et al., arXiv:1904.00445: the kidney label covers the
-parenchyma and the tissue of the hilum within the kidney's outline) and, decisively here, the reference
-the models are measured against: TotalSegmentator's kidney masks on the real sample CT leave only 206
-voxels (3 mm) of 2-D holes in 12,224 kidney voxels, i.e. they include the sinus. Labelling sinus fat as
+KiTS19/KiTS21 (Heller et al., arXiv:1904.00445 and arXiv:2307.01984) annotate the kidney as one region
+that masses are part of; the exact treatment of hilar fat could not be checked offline here, so the
+decisive reference is the one the models are measured against: TotalSegmentator's kidney masks on the real
+sample CT leave only 206 voxels (3 mm) of 2-D holes in 12,224 kidney voxels, i.e. they include the sinus. Labelling sinus fat as
 background while the real references call it kidney taught the first shipped model that a low-density
 region inside a kidney is something else, and it painted the real sinus as tumor and cyst (~91 cm3).
 
