@@ -12,9 +12,10 @@ out of the hilum (extrarenal pelvis, the vessels' course to the aorta/IVC, perir
 KiTS19/KiTS21 (Heller et al., arXiv:1904.00445 and arXiv:2307.01984) annotate the kidney as one region
 that masses are part of; the exact treatment of hilar fat could not be checked offline here, so the
 decisive reference is the one the models are measured against: TotalSegmentator's kidney masks on the real
-sample CT leave only 206 voxels (3 mm) of 2-D holes in 12,224 kidney voxels, i.e. they include the sinus. Labelling sinus fat as
-background while the real references call it kidney taught the first shipped model that a low-density
-region inside a kidney is something else, and it painted the real sinus as tumor and cyst (~91 cm3).
+sample CT leave only 206 voxels (3 mm) of 2-D holes in 12,224 kidney voxels, i.e. they include the sinus.
+Labelling sinus fat as background while the real references call it kidney taught the first shipped model
+that a low-density region inside a kidney is something else, and it painted the real sinus as tumor and
+cyst (~91 cm3).
 
 Tumors are solid, heterogeneous, often necrotic when large, and may be exophytic; cysts are round, sharp and
 water-dense. Both are placed on or in a kidney and override the kidney label.
