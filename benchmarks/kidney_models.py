@@ -1,7 +1,10 @@
 """The shipped kidney models on the real CT samples (never used for training): the model-card numbers.
 
 - kidney_seg: kidney Dice (union of kidney, tumor, cyst vs TotalSegmentator labels 2 + 3) on the kidney-level
-  crop and on the full-body CT, plus predicted kidney voxels farther than 20 mm from any true kidney voxel.
+  crop and on the full-body CT, plus predicted kidney voxels farther than 20 mm from any true kidney voxel,
+  and (issue 17) the volume predicted as tumor and as cyst in cm3: the patient has no renal mass, so all of
+  it is false (`class_report`). Per-class Dice on held-out phantoms with masses (seeds never used in
+  training) and the false mass volume on held-out mass-free phantoms.
 - kidney_click: Dice after each of 5 simulated clicks per kidney (first click at the kidney's centre, then
   at the centre of the largest error), as for the region-growing tool.
 - Storage orders (issue 11): kidney_seg's kidney Dice and kidney_click's best Dice within 3 clicks on the
@@ -26,7 +29,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from annotation_apps.kidney.training import training_phantoms
 from annotation_server.evaluation.clicks import dice, simulate_clicks
+from annotation_server.evaluation.kidney_classes import class_report
 from annotation_server.imaging import Geometry, Volume, read_volume, write_volume
 from annotation_server.imaging.dicom_export import write_ct_series
 from annotation_server.inference.bundle_task import BundleSegmentationTask
@@ -40,6 +45,36 @@ CASES = {
     "ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
 }
 FAR_MM = 20.0
+PHANTOM_SEED = 30_261_122  # held out: training uses 20261122.. and validation 21261122..
+
+
+def evaluate_phantoms(task: BundleSegmentationTask, with_masses: int, without: int) -> dict[str, object]:
+    """Per-class Dice on held-out phantoms that all have tumors and cysts, and false mass volume on
+    held-out phantoms without any (the training distribution's anatomy, contrast phases and grids)."""
+    from annotation_server.phantoms import generate_phantom
+
+    base = training_phantoms()
+    runs = (
+        ("with_masses", base.with_(tumor_prob=1.0, cyst_prob=1.0), range(with_masses)),
+        ("without_masses", base.with_(tumor_prob=0.0, cyst_prob=0.0), range(with_masses, with_masses + without)),
+    )
+    report: dict[str, object] = {}
+    for name, config, offsets in runs:
+        cases = []
+        for offset in offsets:
+            phantom = generate_phantom(PHANTOM_SEED + offset, config)
+            volume = Volume(array=phantom.image, geometry=Geometry(phantom.image.shape, phantom.affine))
+            prediction = task.infer(volume, InferParams()).mask
+            cases.append(class_report(prediction, phantom.label, volume.geometry.spacing))
+        summary: dict[str, object] = {"phantoms": len(cases)}
+        summary["kidney_union_dice_mean"] = round(float(np.mean([c["kidney_union_dice"] for c in cases])), 4)
+        for cls in ("kidney", "tumor", "cyst"):
+            values = [c["dice"][cls] for c in cases if c["dice"][cls] is not None]  # type: ignore[index]
+            summary[f"{cls}_dice_mean"] = round(float(np.mean(values)), 4) if values else None
+        summary["false_mass_cm3_mean"] = round(float(np.mean([c["false_mass_cm3"] for c in cases])), 3)
+        summary["cases"] = cases
+        report[name] = summary
+    return report
 
 
 def storage_copies(folder: Path, scratch: Path) -> dict[str, tuple[Volume, np.ndarray]]:
@@ -67,22 +102,29 @@ def storage_copies(folder: Path, scratch: Path) -> dict[str, tuple[Volume, np.nd
     return copies
 
 
-def evaluate_storage(seg: BundleSegmentationTask, click: BundleClickTask, folder: Path) -> dict[str, dict[str, object]]:
+def evaluate_storage(
+    seg: BundleSegmentationTask, click: BundleClickTask | None, folder: Path
+) -> dict[str, dict[str, object]]:
     report: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, (volume, labels) in storage_copies(folder, Path(scratch)).items():
             truth = np.isin(labels, (2, 3))
-            mask = seg.infer(volume, InferParams()).mask > 0
+            prediction = seg.infer(volume, InferParams()).mask
+            mask = prediction > 0
+            classes = class_report(prediction, truth.astype(np.uint8), volume.geometry.spacing)
             clicks = {}
-            for side, value in (("right", 2), ("left", 3)):
+            for side, value in (("right", 2), ("left", 3)) if click is not None else ():
 
                 def segment(fg: list, bg: list, volume=volume) -> np.ndarray:  # type: ignore[no-untyped-def]
+                    assert click is not None
                     return click.infer(volume, InferParams(foreground=fg, background=bg)).mask
 
                 clicks[side] = round(max(simulate_clicks(segment, labels == value, 3)), 4)
             report[name] = {
                 "axcodes": volume.geometry.axcodes,
                 "kidney_seg_kidney_dice": round(dice(mask, truth), 4),
+                "kidney_seg_false_tumor_cm3": classes["false_cm3"]["tumor"],  # type: ignore[index]
+                "kidney_seg_false_cyst_cm3": classes["false_cm3"]["cyst"],  # type: ignore[index]
                 "kidney_click_dice_3": clicks,
             }
     return report
@@ -103,7 +145,9 @@ def evaluate_seg(task: BundleSegmentationTask, folder: Path) -> dict[str, object
         volume = read_volume(folder / ct_name)
         labels = read_volume(folder / seg_name).array
         truth = np.isin(labels, (2, 3))
-        mask = task.infer(volume, InferParams()).mask > 0
+        prediction = task.infer(volume, InferParams()).mask
+        mask = prediction > 0
+        classes = class_report(prediction, truth.astype(np.uint8), volume.geometry.spacing)
         spacing = volume.geometry.spacing
         far = ndimage.distance_transform_edt(~truth, sampling=spacing) > FAR_MM
         runtime = task._runtime()
@@ -114,6 +158,9 @@ def evaluate_seg(task: BundleSegmentationTask, folder: Path) -> dict[str, object
             "kidney_dice": round(dice(mask, truth), 4),
             "predicted_voxels": int(mask.sum()),
             "true_voxels": int(truth.sum()),
+            "false_tumor_cm3": classes["false_cm3"]["tumor"],  # type: ignore[index]
+            "false_cyst_cm3": classes["false_cm3"]["cyst"],  # type: ignore[index]
+            "false_mass_cm3": classes["false_mass_cm3"],
             f"predicted_voxels_farther_than_{int(FAR_MM)}mm": int((mask & far).sum()),
             "inference_s": round(total_s, 3),
             "raw_forward_s": round(forward_s, 3),
@@ -152,28 +199,32 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--seg-only", action="store_true", help="kidney_seg only (no click model, no timing loop)")
+    parser.add_argument("--phantoms", type=int, nargs=2, default=(4, 2), help="held-out phantoms with / without masses")
+    parser.add_argument("--seg-bundle", type=Path, default=None, help="kidney_seg bundle (default: MODELS/kidney_seg)")
     args = parser.parse_args()
     folder = args.shared / "totalsegmentator"
-    seg = BundleSegmentationTask(args.models / "kidney_seg", labels={"kidney": 1, "tumor": 2, "cyst": 3})
-    click = BundleClickTask(args.models / "kidney_click", labels={"kidney": 1})
+    seg_bundle = args.seg_bundle or args.models / "kidney_seg"
+    seg = BundleSegmentationTask(seg_bundle, labels={"kidney": 1, "tumor": 2, "cyst": 3})
     seg.load("cpu")
-    click.load("cpu")
-    print(
-        json.dumps(
-            {
-                "benchmark": "kidney_models",
-                "device": "cpu",
-                "kidney_seg": {"version": seg.version, "sha256": seg.bundle.sha256, **evaluate_seg(seg, folder)},
-                "kidney_click": {
-                    "version": click.version,
-                    "sha256": click.bundle.sha256,
-                    **evaluate_click(click, folder, args.clicks),
-                },
-                "full_ct_by_storage": evaluate_storage(seg, click, folder),
-            },
-            indent=2,
-        )
-    )
+    report: dict[str, object] = {"benchmark": "kidney_models", "device": "cpu"}
+    report["kidney_seg"] = {
+        "version": seg.version,
+        "sha256": seg.bundle.sha256,
+        **evaluate_seg(seg, folder),
+        "held_out_phantoms": evaluate_phantoms(seg, *args.phantoms),
+    }
+    click = None
+    if not args.seg_only:
+        click = BundleClickTask(args.models / "kidney_click", labels={"kidney": 1})
+        click.load("cpu")
+        report["kidney_click"] = {
+            "version": click.version,
+            "sha256": click.bundle.sha256,
+            **evaluate_click(click, folder, args.clicks),
+        }
+    report["full_ct_by_storage"] = evaluate_storage(seg, click, folder)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,18 @@ class Canvas:
         self._label(box, occ, label)
         return occ
 
+    def relabel(self, box: BBox, occ: np.ndarray, label: int) -> None:
+        """Raise `label`'s fraction to at least `occ` without changing HU or tissue (the kidney outline over
+        its sinus). A max, not a composite: partial-volume voxels at the outline already labelled by the
+        parenchyma must not be counted twice (that would dilate the label by a voxel)."""
+        self.label_box = _union(self.label_box, box)
+        own = self.frac[label - 1][box]
+        gain = np.clip(occ - own, 0.0, None)
+        for c in range(N_CLASSES):
+            if c != label - 1:
+                self.frac[c][box] *= 1.0 - gain
+        np.maximum(own, occ, out=own)
+
     def _label(self, box: BBox, occ: np.ndarray, label: int) -> None:
         if label:
             self.label_box = _union(self.label_box, box)

@@ -95,8 +95,12 @@ def seg_inferer() -> dict[str, Any]:
     }
 
 
+SURFACE_FAT_HU = -30.0  # below this on the kidney's outer surface: perirenal fat (3 voxels of 3 mm deep at most)
+
+
 def seg_postprocessing() -> list[dict[str, Any]]:
-    """Argmax, then keep the two largest kidney blobs: no kidney voxels far from the kidneys."""
+    """Argmax, keep the two largest kidney blobs (no kidney voxels far from the kidneys), then peel fat off
+    the kidneys' outer surface and relabel masses under 0.5 cm3 as kidney (issue 17)."""
     return [
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
@@ -107,6 +111,16 @@ def seg_postprocessing() -> list[dict[str, Any]]:
             "independent": False,
             "num_components": 2,
         },
+        {
+            # perirenal fat on the kidney's outer surface is not kidney (see annotation_apps.kidney.anatomy)
+            "_target_": "annotation_apps.kidney.anatomy.PeelSurfaceFatd",
+            "keys": "pred",
+            "image_key": "image",
+            "threshold": (SURFACE_FAT_HU - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]),
+            "iterations": 3,
+        },
+        # masses under 0.5 cm3 (a 1 cm sphere) are artefacts far more often than lesions: kidney
+        {"_target_": "annotation_apps.kidney.anatomy.DropSmallMassesd", "keys": "pred", "min_cm3": 0.5},
     ]
 
 
