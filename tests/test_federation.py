@@ -239,7 +239,9 @@ def test_import_registers_a_federated_version_that_passes_the_gate(
     assert (version.version, version.source, version.status, outcome.promoted) == (2, "federated", "serving", True)
     assert outcome.gate is not None and outcome.gate.passed and outcome.val_images == 1
     assert outcome.gate.mean_difference == 0.0 and "promotable" in outcome.gate.reason
-    assert version.metrics["val_dice"] == version.metrics["serving_val_dice"] > 0.5  # same weights, same images
+    # Same weights, same images. The score is class-aware (mean of kidney-union, tumor and cyst Dice), so a
+    # model that finds the kidneys but few of the phantoms' masses scores well below its union Dice.
+    assert version.metrics["val_dice"] == version.metrics["serving_val_dice"] > 0.3
     provenance = version.provenance
     assert provenance["job_name"] == "kidney_seg_fedavg" and provenance["job_id"] == "7f3a9c"
     assert provenance["rounds"] == 2 and provenance["sample_counts"] == {"site-1": 2, "site-2": 5}
