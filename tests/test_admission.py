@@ -6,6 +6,7 @@ anything took."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -194,3 +195,22 @@ def test_clicks_over_http_get_503_with_retry_after_when_the_user_has_too_many_wa
         admission.running = 0
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
     assert "the click model is busy" in busy.json()["detail"]
+
+
+def test_monai_label_infer_clicks_take_turns_with_the_sessions_clicks(client) -> None:  # type: ignore[no-untyped-def]
+    """A click through MONAI Label's /infer (3D Slicer's MONAILabel module) goes through the same admission:
+    refused with 503 + Retry-After when the thread is taken and nobody may wait; an automatic model is not."""
+    admission = client.app.state.services.interactive.admission
+    click = {"params": json.dumps({"foreground": [[8, 7, 5]], "client_id": "slicer-user"})}
+    assert client.post("/infer/cube?image=phantom_a&output=json", data=click).status_code == 200
+    admission.queues.per_user = 0
+    admission.running = admission.slots
+    try:
+        busy = client.post("/infer/cube?image=phantom_a&output=json", data=click)
+        automatic = client.post("/infer/threshold?image=phantom_a&output=json", data={"params": "{}"})
+    finally:
+        admission.running = 0
+    assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+    assert "the click model is busy" in busy.json()["detail"]
+    assert automatic.status_code == 200
+    assert client.post("/infer/cube?image=phantom_a&output=json", data=click).status_code == 200

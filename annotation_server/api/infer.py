@@ -7,7 +7,7 @@ import uuid
 from enum import StrEnum
 from pathlib import Path
 
-from fastapi import Depends, File, Form, Query, UploadFile
+from fastapi import Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
@@ -99,6 +99,7 @@ async def _dicom_seg_answer(
 
 @router.post("/infer/{model}", summary="Run a model; default answer is multipart (params JSON, then the label file)")
 async def infer(
+    request: Request,
     model: str,
     image: str = Query("", description="datastore image id"),
     session_id: str = Query("", description="session id from PUT /session/"),
@@ -110,7 +111,7 @@ async def infer(
     principal: Principal = Depends(current_principal),
     audit: Audit = Depends(request_audit),
 ) -> Response:
-    services.inference.task(model)  # unknown model: 404 before any upload is stored
+    task = services.inference.task(model)  # unknown model: 404 before any upload is stored
     parsed = parse_infer_params(params)
     parsed = parsed.model_copy(update={"client_id": acting_user(principal, parsed.client_id)})  # save_label's author
     cleanup: list[Path] = []
@@ -121,7 +122,14 @@ async def infer(
                 "output=dicom_seg needs a DICOM source series (an image of a DICOMweb datastore or a DICOM folder); "
                 "this image is not DICOM, so use output=image or all"
             )
-        outcome = await services.inference.infer(model, source, parsed)
+        if task.is_interactive:
+            # A click through MONAI Label's /infer (3D Slicer's MONAILabel module, OHIF) takes its turn with the
+            # interactive sessions' clicks: fair between users, a bounded wait, then 503 + Retry-After.
+            user = parsed.client_id or (request.client.host if request.client else "anonymous")
+            async with services.interactive.admission.slot(user):
+                outcome = await services.inference.infer(model, source, parsed)
+        else:
+            outcome = await services.inference.infer(model, source, parsed)
     except BaseException:
         _remove(cleanup)
         raise
