@@ -26,16 +26,15 @@ from pydantic import BaseModel, Field
 
 from annotation_server.datastore import Datastore, LabelSource
 from annotation_server.datastore.records import LabelVersion
-from annotation_server.errors import AlreadyRunningError, ConflictError, InvalidRequestError, NotFoundError
+from annotation_server.errors import AlreadyRunningError, ConflictError, InvalidRequestError
 from annotation_server.inference.engine import InferenceService
 from annotation_server.inference.params import InferParams
+from annotation_server.job_book import ACTIVE, JobBook, JobStatus
 
 logger = logging.getLogger(__name__)
 
 ORIGINAL_TAG = "original"
-JobStatus = Literal["SUBMITTED", "RUNNING", "DONE", "ERROR", "STOPPED"]
 ImageStatus = Literal["pending", "running", "done", "failed", "skipped"]
-ACTIVE: tuple[JobStatus, ...] = ("SUBMITTED", "RUNNING")
 IMAGE_SETS = ("all", "labeled", "unlabeled")
 _DETAIL_LINES = 20
 
@@ -130,11 +129,8 @@ class BatchInferService:
     def __init__(self, datastore: Datastore, inference: InferenceService, history: int = 20) -> None:
         self.datastore = datastore
         self.inference = inference
-        self._history = history
-        self._jobs: list[BatchJob] = []
-        self._stops: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._book: JobBook[BatchJob] = JobBook("batch inference", history)
+        self._lock = self._book.lock
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------ images
@@ -173,9 +169,9 @@ class BatchInferService:
             )
         ids = self.resolve_images(images)
         with self._lock:
-            if self._closed:
+            if self._book.closed:
                 raise ConflictError("the server is shutting down; batch inference is closed")
-            running = self._active()
+            running = self._book.active()
             if running is not None:
                 raise BatchBusyError(
                     f"Batch Infer Task is Already Running: {running.model} on {running.done}/{running.total} images "
@@ -193,68 +189,37 @@ class BatchInferService:
                 start_ts=_now_ts(),
                 started=time.time(),
             )
-            self._jobs.append(job)
-            del self._jobs[: -self._history]
-            stop = threading.Event()
-            self._stops = {j.id: self._stops.get(j.id, stop) for j in self._jobs}
+            stop = self._book.add(job)
             self._thread = threading.Thread(target=self._run, args=(job, ids, stop), name="batch-infer", daemon=True)
             self._thread.start()
         logger.info("batch inference %s queued: %s on %d images", job.id, task.name, len(ids))
         return job.model_copy(deep=True)
 
-    def _active(self) -> BatchJob | None:
-        return next((j for j in reversed(self._jobs) if j.status in ACTIVE), None)
-
     def running(self) -> BatchJob | None:
-        with self._lock:
-            job = self._active()
-            return job.model_copy(deep=True) if job else None
+        return self._book.running()
 
     def latest(self) -> BatchJob | None:
-        with self._lock:
-            return self._jobs[-1].model_copy(deep=True) if self._jobs else None
+        return self._book.latest()
 
     def jobs(self) -> list[BatchJob]:
-        with self._lock:
-            return [j.model_copy(deep=True) for j in self._jobs]
+        return self._book.jobs()
 
     def get(self, job_id: str) -> BatchJob:
-        with self._lock:
-            for job in self._jobs:
-                if job.id == job_id:
-                    return job.model_copy(deep=True)
-        raise NotFoundError(f"batch inference job '{job_id}' not found")
+        return self._book.get(job_id)
 
     def wait(
         self, job_id: str, timeout_s: float | None = None, poll: Callable[[BatchJob], None] | None = None
     ) -> BatchJob:
         """Block until the job ends (run_sync, the CLI); `poll` sees each intermediate state."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = self.get(job_id)
-            if poll is not None:
-                poll(job)
-            if job.status not in ACTIVE or (deadline is not None and time.monotonic() >= deadline):
-                return job
-            time.sleep(0.1)
+        return self._book.wait(job_id, timeout_s, poll)
 
     def stop(self) -> BatchJob | None:
         """Stop the running job after the image in progress; None (JSON null) when nothing runs."""
-        with self._lock:
-            job = self._active()
-            if job is None:
-                return None
-            self._stops[job.id].set()
-            self._finish(job, "STOPPED", "stopped on request")
-            return job.model_copy(deep=True)
+        return self._book.stop(self._finish)
 
     def close(self) -> None:
+        self._book.close(self._finish)
         with self._lock:
-            self._closed = True
-            job = self._active()
-            if job is not None:
-                self._stops[job.id].set()
-                self._finish(job, "STOPPED", "server shutting down")
             thread = self._thread
         if thread is not None:
             thread.join(timeout=10)

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -27,13 +27,12 @@ from annotation_server.datastore import Datastore
 from annotation_server.errors import AlreadyRunningError, ConflictError, InvalidRequestError, NotFoundError
 from annotation_server.imaging import Volume, read_volume
 from annotation_server.inference.task import InferTask
+from annotation_server.job_book import ACTIVE, JobBook, JobStatus
 from annotation_server.learning.score_cache import CachedScore, ScoreCache, ScoreKey
 from annotation_server.learning.uncertainty import ScoringStopped, UncertaintyScorer, scorable
 
 logger = logging.getLogger(__name__)
 
-JobStatus = Literal["SUBMITTED", "RUNNING", "DONE", "ERROR", "STOPPED"]
-ACTIVE: tuple[JobStatus, ...] = ("SUBMITTED", "RUNNING")
 _DETAIL_LINES = 20
 
 
@@ -97,14 +96,11 @@ class ScoringService:
         self.model = model
         self.threads = threads
         self._load_volume = load_volume or (lambda image_id: read_volume(datastore.image_path(image_id)))
-        self._history = history
-        self._jobs: list[ScoringJob] = []
-        self._stop_events: dict[str, threading.Event] = {}
+        self._book: JobBook[ScoringJob] = JobBook("scoring", history)
         self._job_images: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = self._book.lock
         self._queue: queue.Queue[ScoringJob | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------------------------ models
     def scoring_task(self, requested: str | None = None) -> InferTask:
@@ -186,9 +182,9 @@ class ScoringService:
             if unknown:
                 raise NotFoundError(f"images not in the datastore: {', '.join(unknown[:10])}")
         with self._lock:
-            if self._closed:
+            if self._book.closed:
                 raise ConflictError("the server is shutting down; scoring is closed")
-            running = self._active()
+            running = self._book.active()
             if running is not None:
                 raise ScoringBusyError(
                     f"Scoring Task is Already Running: {running.method} on {running.done}/{running.total} images "
@@ -211,10 +207,8 @@ class ScoringService:
                 start_ts=_now_ts(),
                 started=time.time(),
             )
-            self._jobs.append(job)
-            del self._jobs[: -self._history]
-            self._job_images = {j.id: self._job_images.get(j.id, ids) for j in self._jobs}
-            self._stop_events = {j.id: self._stop_events.get(j.id, threading.Event()) for j in self._jobs}
+            self._book.add(job)
+            self._job_images = {i: self._job_images.get(i, ids) for i in self._book.ids()}
             self._ensure_thread()
         self._queue.put(job)
         logger.info("scoring job %s queued: %s with %s on %d images (%s)", job.id, method, task.name, len(ids), trigger)
@@ -229,7 +223,7 @@ class ScoringService:
         if not image_ids:
             return None
         with self._lock:
-            if self._active() is not None or self._closed:
+            if self._book.active() is not None or self._book.closed:
                 return None
         tried = self.lookup(method, image_ids, model)
         missing = [i for i in image_ids if i not in tried]
@@ -240,56 +234,30 @@ class ScoringService:
         except (ScoringBusyError, NotFoundError):  # a job started, or an image was removed, since the check
             return None
 
-    def _active(self) -> ScoringJob | None:
-        return next((j for j in reversed(self._jobs) if j.status in ACTIVE), None)
-
     def running(self) -> ScoringJob | None:
-        with self._lock:
-            job = self._active()
-            return job.model_copy(deep=True) if job is not None else None
+        return self._book.running()
 
     def latest(self) -> ScoringJob | None:
-        with self._lock:
-            return self._jobs[-1].model_copy(deep=True) if self._jobs else None
+        return self._book.latest()
 
     def jobs(self) -> list[ScoringJob]:
-        with self._lock:
-            return [j.model_copy(deep=True) for j in self._jobs]
+        return self._book.jobs()
 
     def get(self, job_id: str) -> ScoringJob:
-        with self._lock:
-            for job in self._jobs:
-                if job.id == job_id:
-                    return job.model_copy(deep=True)
-        raise NotFoundError(f"scoring job '{job_id}' not found")
+        return self._book.get(job_id)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> ScoringJob:
         """Block until the job leaves SUBMITTED/RUNNING (run_sync, scripts, tests)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = self.get(job_id)
-            if job.status not in ACTIVE or (deadline is not None and time.monotonic() >= deadline):
-                return job
-            time.sleep(0.05)
+        return self._book.wait(job_id, timeout_s, interval_s=0.05)
 
     def stop(self) -> ScoringJob | None:
         """Stop the submitted or running job (it ends after the forward pass in progress); None if none."""
-        with self._lock:
-            job = self._active()
-            if job is None:
-                return None
-            self._stop_events[job.id].set()
-            self._finish(job, "STOPPED", "stopped on request")
-            return job.model_copy(deep=True)
+        return self._book.stop(self._finish)
 
     def close(self) -> None:
         """Stop any job and end the thread (waits a few seconds for the pass in progress)."""
+        self._book.close(self._finish)
         with self._lock:
-            self._closed = True
-            job = self._active()
-            if job is not None:
-                self._stop_events[job.id].set()
-                self._finish(job, "STOPPED", "server shutting down")
             thread = self._thread
         self._queue.put(None)
         if thread is not None:
@@ -332,7 +300,7 @@ class ScoringService:
         with self._lock:
             if job.status != "SUBMITTED":  # stopped while queued
                 return
-            stop = self._stop_events[job.id]
+            stop = self._book.stop_event(job.id)
             image_ids = self._job_images[job.id]
             job.status = "RUNNING"
             self._note(job, f"started: {job.method} with {job.model} v{job.model_version} on {job.total} images")
