@@ -3,6 +3,7 @@ adjudication. Thin: the rules live in `projects.service` (docs/projects.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, File, Form, Query, UploadFile
@@ -79,6 +80,26 @@ def next_case(
     return picked
 
 
+async def _save_uploaded_label(
+    services: Services,
+    label: UploadFile,
+    params: str | None,
+    save: Callable[..., Any],
+    project_id: int,
+    image_id: str,
+    principal: Principal,
+) -> Any:
+    """Stage an uploaded label (size-capped), hand it to `save` (a read or the adjudication), remove the copy."""
+    info = parse_json_object(params)
+    name = upload_name(label)
+    target = services.datastore.new_upload_path(name)
+    await save_upload(label, target, services.settings.max_upload_mb << 20)
+    try:
+        return await run_in_threadpool(save, project_id, image_id, principal.username, target, name, info)
+    finally:
+        target.unlink(missing_ok=True)
+
+
 @router.put("/projects/{project_id}/cases/{image_id}/label", response_model=LabelSaved, summary="Save your read")
 async def save_read(
     project_id: int,
@@ -90,16 +111,7 @@ async def save_read(
     principal: Principal = Depends(current_principal),
     audit: Audit = Depends(request_audit),
 ) -> LabelSaved:
-    info = parse_json_object(params)
-    name = upload_name(label)
-    target = services.datastore.new_upload_path(name)
-    await save_upload(label, target, services.settings.max_upload_mb << 20)
-    try:
-        saved = await run_in_threadpool(
-            projects.save_read, project_id, image_id, principal.username, target, name, info
-        )
-    finally:
-        target.unlink(missing_ok=True)
+    saved = await _save_uploaded_label(services, label, params, projects.save_read, project_id, image_id, principal)
     await audit.arecord("project.read", image_id, project=project_id, tag=saved.tag, version=saved.version)
     return _saved(saved)
 
@@ -156,16 +168,7 @@ async def adjudicate(
     audit: Audit = Depends(request_audit),
 ) -> LabelSaved:
     """The adjudicated label becomes the image's `final` and closes the case."""
-    info = parse_json_object(params)
-    name = upload_name(label)
-    target = services.datastore.new_upload_path(name)
-    await save_upload(label, target, services.settings.max_upload_mb << 20)
-    try:
-        saved = await run_in_threadpool(
-            projects.adjudicate, project_id, image_id, principal.username, target, name, info
-        )
-    finally:
-        target.unlink(missing_ok=True)
+    saved = await _save_uploaded_label(services, label, params, projects.adjudicate, project_id, image_id, principal)
     await audit.arecord("project.adjudicate", image_id, project=project_id, version=saved.version)
     return _saved(saved)
 
