@@ -52,6 +52,10 @@ class AppSpec:
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     # Which new PACS series are pre-annotated automatically, and with which model (ANNOTATE_WATCH_PACS=true).
     preannotation: PreannotationRules = field(default_factory=PreannotationRules)
+    # Labels that lie inside another label's region, e.g. KiTS's kidney ⊃ tumor, cyst: {"kidney": ("tumor",
+    # "cyst")}. Drawing the containing label interactively never overwrites its parts' voxels, so refining a
+    # kidney after its tumor was drawn keeps the tumor (the parts still count as that region for evaluation).
+    label_parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:
@@ -61,6 +65,13 @@ class AppSpec:
         values = list(self.labels.values())
         if len(set(values)) != len(values):
             raise ValueError(f"app '{self.name}' gives two labels the same value: {dict(self.labels)}")
+        for whole, parts in self.label_parts.items():
+            unknown = [name for name in (whole, *parts) if name not in self.labels]
+            if unknown or whole in parts:
+                raise ValueError(
+                    f"app '{self.name}': label_parts {whole!r} -> {parts!r} names unknown labels {unknown}"
+                    " (or a label as its own part)"
+                )
 
 
 def _from_module(module_name: str, source: str) -> AppSpec:

@@ -223,6 +223,7 @@ def build_services(settings: Settings, app_spec: AppSpec) -> Services:
             per_user=settings.click_queue_per_user,
             wait_s=settings.click_wait_s,
         ),
+        label_parts={whole: tuple(parts) for whole, parts in app_spec.label_parts.items()},
     )
     return Services(
         settings=settings,

@@ -6,21 +6,28 @@
   it is false (`class_report`). Per-class Dice on held-out phantoms with masses (seeds never used in
   training) and the false mass volume on held-out mass-free phantoms.
 - kidney_click: Dice after each of 5 simulated clicks per kidney (first click at the kidney's centre, then
-  at the centre of the largest error), as for the region-growing tool.
+  at the centre of the largest error), as for the region-growing tool, called in-process (and its latency).
+- kidney_click over HTTP (`kidney_click_paths`, issue 17): the same protocol on all four real kidneys, each
+  CT stored as RAS NIfTI, LPS NIfTI and an axial DICOM series, through the session API (one prompt per
+  click, deltas applied as a viewer does) and through MONAI Label's `/infer` (every click resent, as 3D
+  Slicer's MONAILabel module does): Dice after each click, NoC@85, NoC@90, the worst drop after a click.
+  `--click-paths-only --click-bundle DIR` evaluates a candidate bundle.
 - Storage orders (issue 11): kidney_seg's kidney Dice and kidney_click's best Dice within 3 clicks on the
   full-body CT as shipped (RAS NIfTI), re-stored LPS (NIfTI) and written as a standard axial DICOM series
   (ImageOrientationPatient 1\\0\\0\\0\\1\\0, the PACS case), each read back through the server's reader.
 - Timing on this machine: whole inference (read from memory, preprocess, sliding window, invert) against
   the raw network forward pass measured in the same run.
 
-    python benchmarks/kidney_models.py [--shared ../shared/data] [--models models]
+    python benchmarks/kidney_models.py [--shared ../shared/data] [--models models] [--clicks 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,10 +84,16 @@ def evaluate_phantoms(task: BundleSegmentationTask, with_masses: int, without: i
     return report
 
 
-def storage_copies(folder: Path, scratch: Path) -> dict[str, tuple[Volume, np.ndarray]]:
-    """The full-body CT and its labels as RAS NIfTI, LPS NIfTI and an axial DICOM series, read back from disk."""
-    ct = read_volume(folder / "example_ct.nii.gz")
-    labels = read_volume(folder / "example_seg_fast_force_split.nii.gz").array
+def storage_copies(
+    folder: Path, scratch: Path, case: str = "ct_full", prefix: str = ""
+) -> dict[str, tuple[Volume, np.ndarray]]:
+    """A real CT and its labels as RAS NIfTI, LPS NIfTI and an axial DICOM series, read back from disk.
+
+    The files are written into `scratch` as `<prefix>ras_nifti.nii.gz`, `<prefix>lps.nii.gz` and
+    `<prefix>dicom_axial/`, so a server pointed at `scratch` serves the same three copies."""
+    ct_name, seg_name = CASES[case]
+    ct = read_volume(folder / ct_name)
+    labels = read_volume(folder / seg_name).array
     transform = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(ct.geometry.affine), nib.orientations.axcodes2ornt("LPS")
     )
@@ -89,12 +102,13 @@ def storage_copies(folder: Path, scratch: Path) -> dict[str, tuple[Volume, np.nd
     lps_geometry = Geometry(
         lps_array.shape, ct.geometry.affine @ nib.orientations.inv_ornt_aff(transform, ct.array.shape)
     )
-    write_volume(lps_array, lps_geometry, scratch / "lps.nii.gz")
-    write_ct_series(Volume(array=lps_array, geometry=lps_geometry), scratch / "dicom_axial")
+    write_volume(ct.array, ct.geometry, scratch / f"{prefix}ras_nifti.nii.gz")
+    write_volume(lps_array, lps_geometry, scratch / f"{prefix}lps.nii.gz")
+    write_ct_series(Volume(array=lps_array, geometry=lps_geometry), scratch / f"{prefix}dicom_axial")
     copies = {
-        "ras_nifti": (ct, labels),
-        "lps_nifti": (read_volume(scratch / "lps.nii.gz"), lps_labels),
-        "dicom_axial": (read_volume(scratch / "dicom_axial"), lps_labels),
+        "ras_nifti": (read_volume(scratch / f"{prefix}ras_nifti.nii.gz"), labels),
+        "lps_nifti": (read_volume(scratch / f"{prefix}lps.nii.gz"), lps_labels),
+        "dicom_axial": (read_volume(scratch / f"{prefix}dicom_axial"), lps_labels),
     }
     for name, (volume, _) in copies.items():
         if name != "ras_nifti" and not volume.geometry.matches(lps_geometry):
@@ -127,6 +141,53 @@ def evaluate_storage(
                 "kidney_seg_false_cyst_cm3": classes["false_cm3"]["cyst"],  # type: ignore[index]
                 "kidney_click_dice_3": clicks,
             }
+    return report
+
+
+CLICK_IMAGES = {"ras_nifti": "ras_nifti", "lps_nifti": "lps", "dicom_axial": "dicom_axial"}  # copy -> datastore id
+
+
+def evaluate_click_paths(click_bundle: Path, folder: Path, clicks: int) -> dict[str, object]:
+    """kidney_click on all four real kidneys (crop and full body, right and left), each stored as RAS NIfTI,
+    LPS NIfTI and an axial DICOM series, through the session API and MONAI Label's `/infer` over HTTP
+    (issue 17: NoC@85 / NoC@90, Dice after each click, the worst drop after a corrective click)."""
+    from fastapi.testclient import TestClient
+
+    from annotation_apps.kidney.recipes import LABELS
+    from annotation_server.app_spec import AppSpec
+    from annotation_server.evaluation.click_paths import run_both_paths
+    from annotation_server.inference.model_sources import BundleModel
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    spec = AppSpec(
+        name="kidney",
+        description="kidney_click under test",
+        labels=LABELS,
+        models=[BundleModel(path=click_bundle, name="kidney_click", kind="click", labels=LABELS, description="")],
+    )
+    report: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        studies = Path(scratch) / "studies"
+        studies.mkdir()
+        copies = {case: storage_copies(folder, studies, case, prefix=f"{case}_") for case in CASES}
+        settings = Settings(studies=studies, data_dir=Path(scratch) / "data", rescan_interval_s=0)
+        # the server's startup summary goes to stdout: keep this script's stdout one JSON document
+        with contextlib.redirect_stdout(sys.stderr), TestClient(create_app(settings, spec)) as http:
+            for case, stored in copies.items():
+                for copy, (_, labels) in stored.items():
+                    for side, value in (("right", 2), ("left", 3)):
+                        image = f"{case}_{CLICK_IMAGES[copy]}"
+                        report[f"{case}_{side}/{copy}"] = run_both_paths(http, image, labels == value, clicks)
+    runs = [path for kidney in report.values() for path in kidney.values()]  # type: ignore[union-attr]
+    report["summary"] = {
+        "runs": len(runs),
+        "noc90_max": max((r["noc90"] or clicks + 1) for r in runs),  # clicks + 1: not reached within the run
+        "noc85_max": max((r["noc85"] or clicks + 1) for r in runs),
+        "noc90_mean": round(float(np.mean([r["noc90"] or clicks + 1 for r in runs])), 2),
+        "reached_090_within_3": sum(1 for r in runs if r["noc90"] is not None and r["noc90"] <= 3),
+        "worst_drop": max(r["worst_drop"] for r in runs),
+    }
     return report
 
 
@@ -202,8 +263,16 @@ def main() -> None:
     parser.add_argument("--seg-only", action="store_true", help="kidney_seg only (no click model, no timing loop)")
     parser.add_argument("--phantoms", type=int, nargs=2, default=(4, 2), help="held-out phantoms with / without masses")
     parser.add_argument("--seg-bundle", type=Path, default=None, help="kidney_seg bundle (default: MODELS/kidney_seg)")
+    parser.add_argument("--click-bundle", type=Path, default=None, help="kidney_click bundle (default: MODELS/...)")
+    parser.add_argument(
+        "--click-paths-only", action="store_true", help="only kidney_click through the session API and /infer"
+    )
     args = parser.parse_args()
     folder = args.shared / "totalsegmentator"
+    click_bundle = args.click_bundle or args.models / "kidney_click"
+    if args.click_paths_only:
+        print(json.dumps({"kidney_click_paths": evaluate_click_paths(click_bundle, folder, args.clicks)}, indent=2))
+        return
     seg_bundle = args.seg_bundle or args.models / "kidney_seg"
     seg = BundleSegmentationTask(seg_bundle, labels={"kidney": 1, "tumor": 2, "cyst": 3})
     seg.load("cpu")
@@ -216,7 +285,7 @@ def main() -> None:
     }
     click = None
     if not args.seg_only:
-        click = BundleClickTask(args.models / "kidney_click", labels={"kidney": 1})
+        click = BundleClickTask(click_bundle, labels={"kidney": 1})
         click.load("cpu")
         report["kidney_click"] = {
             "version": click.version,
@@ -224,6 +293,8 @@ def main() -> None:
             **evaluate_click(click, folder, args.clicks),
         }
     report["full_ct_by_storage"] = evaluate_storage(seg, click, folder)
+    if not args.seg_only:
+        report["kidney_click_paths"] = evaluate_click_paths(click_bundle, folder, args.clicks)
     print(json.dumps(report, indent=2))
 
 

@@ -372,6 +372,61 @@ def test_a_correction_changes_only_the_region_connected_to_the_click(tmp_path: P
         assert np.array_equal(viewer.mask, first)
 
 
+@pytest.mark.parametrize("scope", ["local", "object"])
+def test_monai_label_infer_resending_all_clicks_corrects_like_a_session(
+    tmp_path: Path, studies: Path, scope: str
+) -> None:
+    """MONAI Label's /infer is stateless (3D Slicer's MONAILabel module resends every click): the server
+    remembers the answer to the clicks before the newest one, per image, model, label and user, and keeps
+    only what the newest click asks for, as a session does. Another user's clicks do not share that memory."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from annotation_server.app_spec import AppSpec
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    spec = AppSpec(name="wobble", description="", labels={"kidney": 1}, models=[WobbleCube()])
+    settings = Settings(studies=studies, data_dir=tmp_path / "d", rescan_interval_s=0)
+
+    def infer(http, clicks: dict, client_id: str = "reader-1") -> np.ndarray:  # type: ignore[no-untyped-def]
+        params = {**clicks, "client_id": client_id, "click_scope": scope}
+        response = http.post("/infer/wobble?image=phantom_a&output=image", data={"params": json.dumps(params)})
+        assert response.status_code == 200, response.text
+        data = response.content
+        return np.asarray(
+            nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).dataobj
+        )
+
+    with TestClient(create_app(settings, spec)) as http:
+        first = infer(http, {"foreground": [[8, 8, 8]]})
+        assert first.sum() == 125
+        corrected = infer(http, {"foreground": [[8, 8, 8]], "background": [[10, 8, 8]]})
+        expected = first.copy()
+        expected[9:11, 7:10, 7:10] = 0  # the asked-for trim of the +i face
+        if scope == "object":
+            expected[6, 6, 6] = 0  # the model's whole answer, wobble included
+        assert np.array_equal(corrected, expected)
+        # a user who never saw the first answer gets the model's whole answer to the same two clicks
+        fresh = infer(http, {"foreground": [[8, 8, 8]], "background": [[10, 8, 8]]}, client_id="reader-2")
+        assert fresh[6, 6, 6] == 0
+
+
+def test_click_memory_is_bounded_in_entries_and_bytes() -> None:
+    from annotation_server.inference.click_memory import ClickMemory
+
+    memory = ClickMemory(max_entries=3, max_bytes=10 * 27)
+    answer = np.zeros((10, 10, 10), np.uint8)
+    answer[1:4, 1:4, 1:4] = 1  # 27 bytes remembered per answer
+    for k in range(5):
+        memory.correct(("img", k), [(2, 2, 2)], [], answer)
+    assert len(memory) == 3
+    big = np.ones((10, 10, 10), np.uint8)  # 1,000 bytes: over the whole budget, not remembered
+    memory.correct(("img", "big"), [(2, 2, 2)], [], big)
+    assert len(memory) == 3
+
+
 def test_keep_change_at_click_lets_an_ignored_click_keep_the_models_answer() -> None:
     from annotation_server.interactive.session import ObjectState
     from annotation_server.interactive.tools import keep_change_at_click
@@ -382,11 +437,38 @@ def test_keep_change_at_click_lets_an_ignored_click_keep_the_models_answer() -> 
     obj = ObjectState(label="kidney", value=1, box=box, mask=previous[box].copy())
     answer = previous.astype(np.uint8)
     answer[5, 5, 5] = 0  # a wobble far from the click
-    search = keep_change_at_click(obj, answer, None, (9, 9, 9))  # the clicked voxel did not change
+    search = keep_change_at_click(obj, answer, None, (9, 9, 9), positive=False)  # the clicked voxel did not change
     assert answer[5, 5, 5] == 0 and search == box
     answer[9, 9, 9] = 0  # now it did: only its own component of change stays
-    keep_change_at_click(obj, answer, None, (9, 9, 9))
+    keep_change_at_click(obj, answer, None, (9, 9, 9), positive=False)
     assert answer[5, 5, 5] == 1 and answer[9, 9, 9] == 0
+
+
+def test_a_corrective_click_keeps_only_the_change_of_its_own_polarity() -> None:
+    """A foreground click adds, a background click removes: the model's other change next to the asked-for
+    region (here a slab it dropped, face-connected to the voxels it added) goes back to the previous mask."""
+    from annotation_server.interactive.session import ObjectState
+    from annotation_server.interactive.tools import keep_change_at_click
+
+    previous = np.zeros((20, 20, 20), bool)
+    previous[5:10, 5:10, 5:10] = True
+    box = (slice(4, 12), slice(4, 12), slice(4, 12))
+    obj = ObjectState(label="kidney", value=1, box=box, mask=previous[box].copy())
+    answer = previous.astype(np.uint8)
+    answer[10:12, 5:10, 5:10] = 1  # asked for: the missed part at the +i face
+    answer[8:10, 5:10, 5:10] = 0  # not asked for: the model dropped the slab next to it
+    keep_change_at_click(obj, answer, None, (11, 7, 7), positive=True)
+    expected = previous.copy()
+    expected[10:12, 5:10, 5:10] = True
+    assert np.array_equal(answer.astype(bool), expected)
+
+    answer = previous.astype(np.uint8)
+    answer[5:7, 5:10, 5:10] = 0  # asked for: trim the -i face
+    answer[4, 5:10, 5:10] = 1  # not asked for: and grow past it, touching the trimmed voxels
+    keep_change_at_click(obj, answer, None, (5, 7, 7), positive=False)
+    expected = previous.copy()
+    expected[5:7, 5:10, 5:10] = False
+    assert np.array_equal(answer.astype(bool), expected)
 
 
 def test_a_session_can_start_from_a_saved_label_and_save_its_correction(client) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from test_interactive import Client
 
 
@@ -59,3 +60,31 @@ def test_reset_keeps_locked_labels_and_undo_brings_the_rest_back(client) -> None
     assert viewer.mask.max() == 0
     refused = viewer.send("reset", {"locked_labels": ["liver"]}, status=422)
     assert "unknown label 'liver'" in refused["detail"]
+
+
+def test_an_app_hierarchy_keeps_the_parts_of_the_label_being_drawn(tmp_path, studies) -> None:  # type: ignore[no-untyped-def]
+    """KiTS (the kidney app's `label_parts`): tumors and cysts lie inside the kidney region, so a kidney refined
+    over a drawn tumor keeps the tumor without the annotator locking it; drawing the tumor itself still may
+    overwrite kidney voxels, and an app without the hierarchy behaves as before."""
+    from conftest import TEST_APP
+    from fastapi.testclient import TestClient
+
+    from annotation_server.app_spec import AppSpec
+    from annotation_server.server import create_app
+    from annotation_server.settings import Settings
+
+    kits = AppSpec(
+        name="kits", description="", labels=TEST_APP.labels, models=TEST_APP.models, label_parts={"kidney": ("tumor",)}
+    )
+    settings = Settings(studies=studies, data_dir=tmp_path / "d", rescan_interval_s=0)
+    with TestClient(create_app(settings, kits)) as http:
+        viewer = Client(http)
+        _lasso(viewer, "tumor", 5, (4, 4, 6, 6))
+        tumor = viewer.mask == 2
+        viewer.point((5, 5, 5), prompt={"label": "kidney"})  # no locked_labels
+        assert np.array_equal(viewer.mask == 2, tumor) and (viewer.mask == 1).sum() == 27 - 9
+        viewer.point((5, 5, 5), prompt={"label": "tumor"}, new_object=True)  # the part over its whole: allowed
+        assert (viewer.mask == 2).sum() == 27
+        assert np.array_equal(viewer.mask, viewer.server_mask())
+    with pytest.raises(ValueError, match=r"unknown labels \['liver'\]"):
+        AppSpec(name="bad", description="", labels=TEST_APP.labels, models=[], label_parts={"kidney": ("liver",)})

@@ -56,12 +56,36 @@ class PreparedImage:
     spacing: tuple[float, float, float]
 
 
-def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Argmax over the channel axis as uint8. torch.argmax over a leading axis of a 3-D volume is slow on
-    CPU (tens of ms for 64^3, most of a click's overhead); a comparison does the two-class case in ~1 ms."""
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(any object class) per voxel, from (classes, x, y, z) logits: 1 - softmax's background share.
+
+    Two classes reduce to a sigmoid of the logit difference (no softmax over a leading axis, which is slow on
+    CPU for a 3-D volume)."""
     if logits.shape[0] == 2:
-        return (logits[1] > logits[0]).to(torch.uint8)
-    return torch.argmax(torch.movedim(logits, 0, -1).contiguous(), dim=-1).to(torch.uint8)
+        return torch.sigmoid(logits[1].float() - logits[0].float())
+    return 1.0 - torch.softmax(logits.float(), dim=0)[0]
+
+
+def _linear_along(source: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """`source` sampled at fractional positions `coords` along `axis` (linear; 0 beyond half a voxel past an end).
+
+    The half-voxel margin is the footprint of the end voxels themselves, so a label that fills the patch to its
+    border still reaches the input voxels whose centres lie within that border voxel."""
+    size = source.shape[axis]
+    low = np.floor(coords).astype(int)
+    weight = (coords - low).astype(np.float32)
+    shape = [1] * source.ndim
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    below = source.take(np.clip(low, 0, size - 1), axis=axis)
+    above = source.take(np.clip(low + 1, 0, size - 1), axis=axis)
+    values = below + (above - below) * weight
+    outside = (coords < -0.5) | (coords > size - 0.5)
+    if outside.any():
+        index = [slice(None)] * source.ndim
+        index[axis] = outside  # type: ignore[call-overload]
+        values[tuple(index)] = 0.0
+    return values
 
 
 def _network_box(centre: np.ndarray, patch: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -70,9 +94,14 @@ def _network_box(centre: np.ndarray, patch: tuple[int, ...], shape: tuple[int, .
 
 
 def _back_to_input(
-    pred: np.ndarray, box: tuple[slice, ...], to_network: np.ndarray, shape: tuple[int, ...]
+    probability: np.ndarray, box: tuple[slice, ...], to_network: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[tuple[slice, ...], np.ndarray]:
-    """The input-grid box the network patch covers, and its labels there (nearest network voxel)."""
+    """The input-grid box the network patch covers, and the object there: the patch's foreground probability
+    interpolated (trilinear) at each input voxel's centre, then thresholded at 0.5.
+
+    Thresholding on the network grid and copying the nearest network voxel's label instead puts the boundary
+    on the coarser of the two grids: on the real 3 mm CT this cost the 2 mm click model 0.01-0.02 Dice per
+    kidney (benchmarks/kidney_models.py)."""
     corners = np.array(
         [[s.start if b == 0 else s.stop - 1 for s, b in zip(box, bits, strict=True)] for bits in np.ndindex(2, 2, 2)],
         dtype=float,
@@ -84,32 +113,41 @@ def _back_to_input(
     input_box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     linear = to_network[:3, :3]
     offset = np.array([s.start for s in box])
+    probability = probability.astype(np.float32, copy=False)
     if np.count_nonzero(np.abs(linear) > 1e-6) == 3 and np.all(np.count_nonzero(np.abs(linear) > 1e-6, axis=0) == 1):
-        # axis-aligned (a permutation with flips and scaling): one index table per axis
-        axes = []
-        for axis in range(3):
-            row = int(np.argmax(np.abs(linear[:, axis])))
-            idx = np.arange(lo[axis], hi[axis])
-            axes.append((row, np.floor(linear[row, axis] * idx + to_network[row, 3] + 0.5).astype(int) - offset[row]))
-        order = [row for row, _ in axes]
-        tables = [table for _, table in axes]
-        valid = [(t >= 0) & (t < pred.shape[r]) for r, t in zip(order, tables, strict=True)]
-        gathered = np.zeros([len(t) for t in tables], dtype=pred.dtype)
-        if not all(v.any() for v in valid):
-            return input_box, gathered
-        # Each table is monotonic, so the indices that land inside the patch form one run per axis: a slice.
-        inside = tuple(slice(int(np.argmax(v)), len(v) - int(np.argmax(v[::-1]))) for v in valid)
-        source = np.transpose(pred, order)  # axis a <- network axis order[a] (not argsort: 3-cycles)
-        for axis, (table, run) in enumerate(zip(tables, inside, strict=True)):  # one axis at a time: 3 cheap takes
-            source = source.take(table[run], axis=axis)
-        gathered[inside] = source
-        return input_box, gathered
+        # Axis-aligned (a permutation with flips and scaling): trilinear is three 1-D interpolations, done only
+        # where the object can be. A value interpolated from voxels all below 0.5 stays below 0.5, so the patch
+        # is cut to the object's box plus one voxel; on a 0.7 mm image that is a few times less work than the
+        # whole patch's footprint (tens of ms per click).
+        result = np.zeros(tuple(hi - lo), dtype=np.uint8)
+        positive = probability >= 0.5
+        if not positive.any():
+            return input_box, result
+        start = np.zeros(3, dtype=int)
+        stop = np.array(probability.shape)
+        for row in range(3):
+            present = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != row)))
+            start[row], stop[row] = max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, probability.shape[row])
+        source = probability[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+        rows = [int(np.argmax(np.abs(linear[:, axis]))) for axis in range(3)]
+        source = np.transpose(source, rows)  # axis a <- network axis rows[a] (not argsort: 3-cycles)
+        runs = []
+        for axis, row in enumerate(rows):
+            coords = linear[row, axis] * np.arange(lo[axis], hi[axis]) + to_network[row, 3] - offset[row] - start[row]
+            inside = np.flatnonzero((coords >= -0.5) & (coords <= source.shape[axis] - 0.5))
+            if len(inside) == 0:
+                return input_box, result
+            run = slice(int(inside[0]), int(inside[-1]) + 1)  # coords are monotonic: one run
+            source = _linear_along(source, coords[run], axis)
+            runs.append(run)
+        result[tuple(runs)] = source >= 0.5
+        return input_box, result
     grid = np.indices(hi - lo).reshape(3, -1) + lo[:, None]
-    index = np.floor(linear @ grid + to_network[:3, 3:4] + 0.5).astype(int) - offset[:, None]
-    valid = np.all((index >= 0) & (index < np.asarray(pred.shape)[:, None]), axis=0)
-    values = np.zeros(grid.shape[1], dtype=pred.dtype)
-    values[valid] = pred[tuple(index[:, valid])]
-    return input_box, values.reshape(hi - lo)
+    coords = linear @ grid + to_network[:3, 3:4] - offset[:, None]
+    values = ndimage.map_coordinates(probability, coords, order=1, mode="nearest")
+    outside = np.any((coords < -0.5) | (coords > np.asarray(probability.shape)[:, None] - 0.5), axis=0)
+    values[outside] = 0.0
+    return input_box, (values >= 0.5).astype(np.uint8).reshape(hi - lo)
 
 
 def _seeds(
@@ -212,13 +250,16 @@ class BundleClickTask(BundleTask):
         logits = self._runtime().forward_patch(network_input)
         forward_s = time.perf_counter() - forward_started
         size = tuple(b.stop - b.start for b in box)
-        pred = channel_argmax(logits)[tuple(slice(0, n) for n in size)].cpu().numpy()
+        probability = foreground_probability(logits)[tuple(slice(0, n) for n in size)].cpu().numpy()
         # Keep only the blobs the foreground clicks touch, on whichever grid is smaller: the network patch for
         # a fine (e.g. 0.7 mm) image, where the same step on the image grid costs more than the forward pass.
         finer_input = abs(np.linalg.det(prepared.to_network[:3, :3])) < 1.0
         if finer_input:
-            pred = keep_clicked_components((pred == 1).astype(np.uint8), _seeds(foreground, prepared, box, pred.shape))
-        input_box, local_mask = _back_to_input(pred, box, prepared.to_network, shape)
+            kept = keep_clicked_components(
+                (probability >= 0.5).astype(np.uint8), _seeds(foreground, prepared, box, probability.shape)
+            )
+            probability = np.where(kept > 0, probability, np.minimum(probability, np.float32(0.49)))
+        input_box, local_mask = _back_to_input(probability, box, prepared.to_network, shape)
         if not finer_input:
             offset = np.array([s.start for s in input_box])
             seeds = [

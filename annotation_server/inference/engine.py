@@ -26,6 +26,7 @@ from annotation_server.errors import BusyError, InvalidRequestError, NotFoundErr
 from annotation_server.imaging import Volume, read_volume, write_volume
 from annotation_server.imaging.formats import LABEL_EXTENSIONS, split_extension
 from annotation_server.inference.cache import VolumeCache
+from annotation_server.inference.click_memory import ClickMemory
 from annotation_server.inference.labels import client_label_names, to_client_values
 from annotation_server.inference.params import InferParams
 from annotation_server.inference.task import InferTask
@@ -71,6 +72,7 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self.click_memory = ClickMemory()  # /infer's clicks: each new one corrects the answer to the ones before
         # Called with (model, kind, seconds) after each model run; the server points it at its metrics.
         self.observer: Callable[[str, str, float], None] = lambda model, kind, seconds: None
         # Called with (image id, mask, model, model version) after a model ran on a datastore image; the server
@@ -138,6 +140,9 @@ class InferenceService:
         volume = self._load(source)
         loaded = time.perf_counter()
         result = task.infer(volume, params)
+        if task.is_interactive and source.cacheable and params.foreground and params.click_scope == "local":
+            scope = (str(source.path), task.name, task.version, params.label, params.client_id)
+            result.mask = self.click_memory.correct(scope, params.foreground, params.background, result.mask)
         inferred = time.perf_counter()
         if tuple(result.mask.shape) != volume.geometry.shape:
             raise RuntimeError(f"model {task.name} returned shape {result.mask.shape} for {volume.geometry.shape}")

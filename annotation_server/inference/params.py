@@ -6,7 +6,7 @@ model); unknown keys, such as per-label DeepEdit click lists or a client's `clie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,12 @@ class InferParams(BaseModel):
     save_label: bool = False
     label_tag: str = "original"
     client_id: str | None = None
+    click_scope: Literal["local", "object"] = Field(
+        "local",
+        description="click models: 'local' makes the newest click change only what it asks for (the answer to the "
+        "same clicks minus that one, remembered per image, model, label and user, keeps the rest), as interactive "
+        "sessions do; 'object' returns the model's whole new answer",
+    )
 
     @field_validator("foreground", "background", mode="before")
     @classmethod

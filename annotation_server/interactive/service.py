@@ -38,12 +38,14 @@ class InteractiveService:
         labels: dict[str, int],
         default_model: str | None,
         admission: FairAdmission | None = None,
+        label_parts: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.manager = manager
         self.inference = inference
         self.datastore = datastore
         self.labels = {k: v for k, v in labels.items() if v != 0}
         self.default_model = default_model
+        self.label_parts = dict(label_parts or {})  # the app's hierarchy, e.g. kidney ⊃ tumor, cyst
         # Clicks take turns per user on the inference thread, each waiting a bounded time (see admission.py).
         self.admission = admission or FairAdmission()
 
@@ -111,14 +113,17 @@ class InteractiveService:
             session.first_result = (whole, session.mask.copy(), saved.source.model, saved.source.model_version)
 
     def _locked(self, names: list[str], label: str) -> frozenset[int]:
-        """The label values a prompt must not change (`locked_labels`); the label being drawn cannot be one."""
+        """The label values a prompt must not change: `locked_labels`, and the parts of the label being drawn
+        (the app's `label_parts`: a kidney drawn over its tumor leaves the tumor). The label being drawn cannot
+        be locked."""
         for name in names:
             self._label(name)
         if label in names:
             raise InvalidRequestError(
                 f"label '{label}' is locked: unlock it (drop it from 'locked_labels') to edit it, or pick another label"
             )
-        return frozenset(self.labels[name] for name in names)
+        parts = self.label_parts.get(label, ())
+        return frozenset(self.labels[name] for name in (*names, *parts) if name in self.labels)
 
     def _label(self, label: str) -> str:
         if label not in self.labels:

@@ -13,6 +13,7 @@ from skimage.segmentation import flood
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Volume
+from annotation_server.inference.click_memory import asked_change
 from annotation_server.inference.params import InferParams, check_points
 from annotation_server.inference.task import InferTask
 from annotation_server.interactive.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
@@ -83,7 +84,7 @@ def refine_object(
     roi = _roi(result.extra, shape)
     search = roi
     if isinstance(prompt, PointPrompt) and prompt.scope == "local" and earlier:
-        search = keep_change_at_click(obj, mask, roi, tuple(prompt.point))
+        search = keep_change_at_click(obj, mask, roi, tuple(prompt.point), prompt.positive)
     if clip is not None:  # nothing outside the box the annotator drew
         inside = mask[clip].copy()
         mask[roi if roi is not None else ...] = 0
@@ -124,16 +125,13 @@ def adopt_labeled_blob(session: InteractiveSession, obj: ObjectState, click: tup
     obj.foreground.append(tuple(int(v + b.start) for v, b in zip(seed, box, strict=True)))  # type: ignore[arg-type]
 
 
-def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, click: tuple[int, ...]) -> Box | None:
-    """Confine a corrective click's effect to the change it asked for; returns the box to search afterwards.
-
-    A click model re-predicts the whole object, so besides the region the annotator clicked, its boundary
-    wobbles by a voxel here and there, in places the annotator already accepted. Of the voxels whose value
-    changed, only those face-connected to the clicked voxel are kept (face, not corner: boundary wobbles often
-    touch the asked-for region only at a corner or an edge); the others go back to the
-    object's previous mask. If the clicked voxel itself did not change (the model ignored the click), the
-    model's whole answer stands, as before. `mask` (full size) is edited in place, inside boxes only.
-    """
+def keep_change_at_click(
+    obj: ObjectState, mask: np.ndarray, roi: Box | None, click: tuple[int, ...], positive: bool
+) -> Box | None:
+    """Confine a corrective click's effect to the change it asked for (`asked_change`: the voxels it added for a
+    foreground click, removed for a background one, connected to the click); the rest of the model's answer
+    goes back to the object's previous mask. Returns the box to search afterwards. `mask` (full size) is
+    edited in place, inside boxes only, so a click costs the same on a large scan as on a small one."""
     box = union_box(obj.box, mask_box(mask, roi) if roi is not None else mask_box(mask))
     if box is None or obj.box is None or obj.mask is None:
         return roi
@@ -143,14 +141,9 @@ def keep_change_at_click(obj: ObjectState, mask: np.ndarray, roi: Box | None, cl
     previous = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     inner = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(obj.box, box, strict=True))
     previous[inner] = obj.mask
-    current = mask[box].astype(bool)
-    changed = previous != current
-    if not changed[local_click]:
-        return box
-    # A flood from the click touches only the asked-for region: on a fine image several times faster than
-    # labelling every component of the change (the boundary wobbles are many, small and scattered).
-    asked = flood(changed, local_click, connectivity=1)  # connectivity 1: the 6 face neighbours
-    mask[box] = np.where(asked, current, previous)
+    merged = asked_change(previous, mask[box].astype(bool), local_click, positive)
+    if merged is not None:
+        mask[box] = merged
     return box  # every non-zero voxel of `mask` now lies in `box`: a smaller search than the roi
 
 

@@ -5,6 +5,18 @@ kidney median 12-20 HU, liver 46, spleen 35, aorta 43, psoas 38, autochthon 25, 
 spongiosa ~115, cortical bone several hundred) widened by literature ranges; enhanced phases follow typical
 multiphase renal CT (corticomedullary ~30 s, nephrographic ~100 s, excretory 5-10 min). Each phantom draws
 its own values (`sample_hu`), with a shared bolus strength so organs enhance together, as in a real scan.
+
+Where the renal ranges come from (the references, not their text; the values above are ours):
+- Simple cyst: homogeneous fluid of -9 to 20 HU, thin smooth wall, no enhancement, where enhancement means a
+  rise of 20 HU or more between phases: Bosniak classification, version 2019 (Silverman SG et al., Radiology
+  2019;292:475-488). Hence `CYST` is clipped to [-5, 22] and kept 40 HU or more below the enhanced cortex.
+- Solid renal masses enhance (Israel GM, Bosniak MA, Radiology 2005;236:441-450: "How I do it: evaluating
+  renal masses"); clear-cell carcinoma, the commonest, enhances strongly and heterogeneously in the
+  corticomedullary phase and less than cortex in later phases (Kim JK et al., AJR 2002;178:1499-1506).
+  Hence `TUMOR` has a wide texture, is kept below cortex in the arterial phase by 15 HU and in the venous
+  and excretory phases by 25 HU, and `NECROSIS` (non-enhancing) sits inside it.
+- Renal sinus fat is denser than perirenal fat (partial volume with vessels and calyces at CT resolution);
+  its mean here is capped 40 HU above the perirenal fat of the same phantom.
 """
 
 from __future__ import annotations

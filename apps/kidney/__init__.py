@@ -47,4 +47,6 @@ APP = AppSpec(
     trainers={"kidney_seg": KidneySegFineTune(), "kidney_click": KidneyClickFineTune()},
     # new CT series in the PACS get kidney_seg's result as a SEG (ANNOTATE_WATCH_PACS=true)
     preannotation=PreannotationRules(model="kidney_seg", modalities=("CT",)),
+    # KiTS hierarchy: tumors and cysts lie inside the kidney region; refining a kidney never paints over them
+    label_parts={"kidney": ("tumor", "cyst")},
 )

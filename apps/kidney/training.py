@@ -47,6 +47,8 @@ class RecipeRun:
     phantom_config: PhantomConfig | None = None
     init_weights: Path | None = None  # fine-tune from these weights (a bundle's models/model.pt) instead of scratch
     minutes: float | None = None  # stop after this wall time (best validated weights are kept)
+    error_click_share: float = 0.5  # share of click batches that also get clicks where the network in training errs
+    error_click_rounds: int = 2  # at most this many corrective rounds on such a batch
 
     def phantoms(self) -> PhantomConfig:
         return self.phantom_config or training_phantoms()
@@ -156,7 +158,7 @@ def _fit(
     progress: Callable[[TrainProgress], None] | None,
     batch_size: int,
     extras: dict[str, Any] | None = None,
-    error_clicks: bool = False,
+    error_clicks: tuple[float, int] | None = None,
     init_weights: Path | None = None,
     minutes: float | None = None,
 ) -> TrainHistory:
@@ -165,8 +167,17 @@ def _fit(
     if init_weights is not None:  # fine-tuning: start from a shipped bundle's weights
         network.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True))
     batches: Iterator[Batch] = PatchBatches(samples, transform, batch_size, seed=settings.seed, input_keys=input_keys)
-    if error_clicks:
-        batches = ErrorClicks(batches, network, recipes.CLICK_SPACING, recipes.CLICK_SIGMA_MM, seed=settings.seed)
+    if error_clicks is not None:
+        share, rounds = error_clicks
+        batches = ErrorClicks(
+            batches,
+            network,
+            recipes.CLICK_SPACING,
+            recipes.CLICK_SIGMA_MM,
+            probability=share,
+            max_rounds=rounds,
+            seed=settings.seed,
+        )
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     history = train(
         network,
@@ -390,7 +401,7 @@ def train_click(
         progress,
         run.batch_size,
         extras,
-        error_clicks=True,
+        error_clicks=(run.error_click_share, run.error_click_rounds),
         init_weights=run.init_weights,
         minutes=run.minutes,
     )
@@ -449,6 +460,13 @@ def cli(model: str, out_default: Path, steps_default: int) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--init", type=Path, default=None, help="fine-tune from these weights (models/model.pt)")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this wall time, keep the best")
+    click_only = "kidney_click only: "
+    parser.add_argument(
+        "--error-click-share", type=float, default=RecipeRun.error_click_share, help=click_only + "corrected batches"
+    )
+    parser.add_argument(
+        "--error-click-rounds", type=int, default=RecipeRun.error_click_rounds, help=click_only + "corrections at most"
+    )
     args = parser.parse_args()
     settings = TrainSettings(
         steps=args.steps,
@@ -463,6 +481,8 @@ def cli(model: str, out_default: Path, steps_default: int) -> None:
         batch_size=args.batch_size,
         init_weights=args.init,
         minutes=args.minutes,
+        error_click_share=args.error_click_share,
+        error_click_rounds=args.error_click_rounds,
     )
     with progress_bar(model, args.steps) as progress:
         history = TRAINERS[model](args.out, settings, run, progress)
