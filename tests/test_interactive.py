@@ -413,6 +413,23 @@ def test_monai_label_infer_resending_all_clicks_corrects_like_a_session(
         assert fresh[6, 6, 6] == 0
 
 
+def test_a_background_click_removes_only_what_lies_nearer_to_it_than_to_the_foreground_clicks() -> None:
+    """The model answered a background click by dropping the whole +i half of the object; the foreground click
+    vouches for the voxels nearer to it, so only the part nearer the background click goes."""
+    from annotation_server.inference.click_memory import asked_change
+
+    previous = np.zeros((30, 10, 10), bool)
+    previous[2:28, 2:8, 2:8] = True
+    answer = previous.copy()
+    answer[10:28] = False  # the model's over-reaction
+    foreground, background = (5, 5, 5), (25, 5, 5)
+    merged = asked_change(previous, answer, background, positive=False, opposite=[foreground])
+    assert merged is not None
+    assert merged[2:15].sum() == previous[2:15].sum()  # voxels nearer the foreground click (i <= 15) stay
+    assert not merged[16:28].any()  # those nearer the background click go
+    assert asked_change(previous, answer, background, positive=False)[10:28].sum() == 0  # no foreground: all
+
+
 def test_click_memory_is_bounded_in_entries_and_bytes() -> None:
     from annotation_server.inference.click_memory import ClickMemory
 

@@ -30,11 +30,14 @@ SEG_MIN_DICE = {"ct_sm": 0.84, "ct_full": 0.89}  # measured 0.860 and 0.919 (mod
 SEG_MAX_FAR_SHARE = {"ct_sm": 0.04, "ct_full": 0.0}
 # Issue 17: the patient has no renal mass, so every tumor/cyst voxel is false. Measured with the anatomy
 # retrain (models/kidney_seg/README.md): 0.92 cm3 on the full-body CT, 3.2 cm3 on the crop (was 90.7 / 77.4).
-SEG_MAX_FALSE_MASS_CM3 = {"ct_sm": 5.0, "ct_full": 1.5}
-CLICK_MIN_DICE_3 = 0.83  # best Dice within 3 clicks, measured 0.852-0.918 (models/kidney_click/README.md)
+SEG_MAX_FALSE_MASS_CM3 = {"ct_sm": 5.0, "ct_full": 1.0}  # full body: issue 17's bar
+CLICK_MIN_DICE_3 = 0.86  # best within 3 clicks, whole new answers in-process: measured 0.877-0.923 (model card)
 CLICK_PATH_CLICKS = 3
-CLICK_MAX_NOC90 = 3  # issue 17
-CLICK_MAX_DROP = 0.02  # TODO measured
+CLICK_MAX_NOC90 = 3  # issue 17's bar; measured NoC@90 = 1 (left kidneys) and 3 (right), Dice >= 0.908 at click 3
+# The worst fall of Dice after one click within the first three, over 4 kidneys x 3 storage orders x 2 paths:
+# measured 0.059 (a background click on the full-body left kidney, LPS and DICOM; models/kidney_click/README.md).
+# Not yet "noise": this bar keeps it from growing.
+CLICK_MAX_DROP = 0.07
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,11 @@ class BundleRuntime:
         self.postprocessing = (
             _without_file_io(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser else None
         )
+        # Click bundles only: steps on each click's network patch ({"pred": (1, x, y, z) labels, "image": the
+        # image channel}) before its answer is mapped back, e.g. anatomy rules in the network's own space.
+        self.patch_postprocessing = (
+            parser.get_parsed_content("patch_postprocessing") if "patch_postprocessing" in parser else None
+        )
         self._raw_preprocessing = parser.get("preprocessing")
         self._postprocessing_inverts = inverts_itself(self.postprocessing)
 

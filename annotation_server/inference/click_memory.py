@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +25,26 @@ Box = tuple[slice, slice, slice]
 
 
 def asked_change(
-    previous: np.ndarray, current: np.ndarray, click: tuple[int, ...], positive: bool
+    previous: np.ndarray,
+    current: np.ndarray,
+    click: tuple[int, ...],
+    positive: bool,
+    opposite: Sequence[Sequence[int]] = (),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray | None:
     """`previous` with only the change the click asked for taken from `current` (both boolean, same shape).
 
-    For a foreground click that is the voxels the model added, for a background click those it removed, and
-    of those only the ones face-connected to the clicked voxel (face, not corner: boundary wobbles often
-    touch the asked-for region only at a corner or an edge). None when the clicked voxel did not change that
-    way: the model ignored the click, and the caller keeps the model's whole answer.
+    For a foreground click that is the voxels the model added, for a background click those it removed; of
+    those only the ones closer (in mm, `spacing`) to this click than to every click of the other kind
+    (`opposite`: the background clicks for a foreground click and vice versa), and of those only the ones
+    face-connected to the clicked voxel (face, not corner: boundary wobbles often touch the asked-for region
+    only at a corner or an edge). The nearest-click rule keeps a background click from carving the part of
+    the object the foreground clicks vouch for, and a foreground click from undoing a background click's trim.
+    On the real CT (benchmarks/kidney_models.py, kidney_click, 4 kidneys x 3 storage orders x 2 paths, 5 clicks)
+    the worst fall of Dice after a click went from 0.119 to 0.074 with it, with NoC@90 unchanged.
+
+    None when the clicked voxel did not change that way: the model ignored the click, and the caller keeps
+    the model's whole answer.
     """
     changed = (current & ~previous) if positive else (previous & ~current)
     if not changed[click]:
@@ -39,6 +52,16 @@ def asked_change(
     # A flood from the click touches only the asked-for region: on a fine image several times faster than
     # labelling every component of the change (the boundary wobbles are many, small and scattered).
     asked = flood(changed, click, connectivity=1)  # connectivity 1: the 6 face neighbours
+    voxels = np.argwhere(asked)
+    scale = np.asarray(spacing, dtype=float)
+    to_click = (((voxels - np.asarray(click)) * scale) ** 2).sum(axis=1)
+    keep = np.ones(len(voxels), dtype=bool)
+    for other in opposite:
+        keep &= to_click <= (((voxels - np.asarray(other)) * scale) ** 2).sum(axis=1)
+    if not keep.all():
+        owned = np.zeros_like(asked)
+        owned[tuple(voxels[keep].T)] = True
+        asked = flood(owned, click, connectivity=1)
     return np.where(asked, current, previous)
 
 
@@ -96,6 +119,7 @@ class ClickMemory:
         foreground: list[Point],
         background: list[Point],
         answer: np.ndarray,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> np.ndarray:
         """The answer to these clicks as a corrective click on the remembered answer to the same clicks minus
         the newest one (if remembered), and remember it. `answer` is the model's fresh mask (0/1, full size);
@@ -112,7 +136,8 @@ class ClickMemory:
         previous, click, positive = max(candidates, key=lambda c: c[0].made) if candidates else (None, None, True)
         result = answer
         if previous is not None and click is not None:
-            merged = asked_change(previous.full(answer.shape), answer > 0, click, positive)
+            opposite = bg if positive else fg
+            merged = asked_change(previous.full(answer.shape), answer > 0, click, positive, opposite, spacing)
             if merged is not None:
                 result = merged.astype(answer.dtype)
         self._remember((*scope, fg, bg), _Answer.of(result > 0, made))

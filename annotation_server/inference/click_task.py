@@ -236,6 +236,16 @@ class BundleClickTask(BundleTask):
         network_input[window] = prepared.image[(slice(None), *box)]
         return network_input, box, prepared
 
+    def _patch_postprocessing(self, probability: np.ndarray, image: torch.Tensor) -> np.ndarray:
+        """The bundle's `patch_postprocessing` (if any) on the thresholded patch; voxels it clears drop below 0.5
+        so the interpolation back onto the image grid leaves them out."""
+        steps = self._runtime().patch_postprocessing
+        if steps is None:
+            return probability
+        labels = torch.from_numpy((probability >= 0.5).astype(np.float32))[None]
+        kept = np.asarray(steps({"pred": labels, "image": image.detach().cpu()})["pred"])[0] > 0
+        return np.where(kept, probability, np.minimum(probability, np.float32(0.49)))
+
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
         foreground, background = self._clicks(params)
         if not foreground:
@@ -250,7 +260,9 @@ class BundleClickTask(BundleTask):
         logits = self._runtime().forward_patch(network_input)
         forward_s = time.perf_counter() - forward_started
         size = tuple(b.stop - b.start for b in box)
-        probability = foreground_probability(logits)[tuple(slice(0, n) for n in size)].cpu().numpy()
+        window = tuple(slice(0, n) for n in size)
+        probability = foreground_probability(logits)[window].cpu().numpy()
+        probability = self._patch_postprocessing(probability, network_input[(slice(0, 1), *window)])
         # Keep only the blobs the foreground clicks touch, on whichever grid is smaller: the network patch for
         # a fine (e.g. 0.7 mm) image, where the same step on the image grid costs more than the forward pass.
         finer_input = abs(np.linalg.det(prepared.to_network[:3, :3])) < 1.0

@@ -142,7 +142,9 @@ class InferenceService:
         result = task.infer(volume, params)
         if task.is_interactive and source.cacheable and params.foreground and params.click_scope == "local":
             scope = (str(source.path), task.name, task.version, params.label, params.client_id)
-            result.mask = self.click_memory.correct(scope, params.foreground, params.background, result.mask)
+            result.mask = self.click_memory.correct(
+                scope, params.foreground, params.background, result.mask, volume.geometry.spacing
+            )
         inferred = time.perf_counter()
         if tuple(result.mask.shape) != volume.geometry.shape:
             raise RuntimeError(f"model {task.name} returned shape {result.mask.shape} for {volume.geometry.shape}")

@@ -84,7 +84,8 @@ def refine_object(
     roi = _roi(result.extra, shape)
     search = roi
     if isinstance(prompt, PointPrompt) and prompt.scope == "local" and earlier:
-        search = keep_change_at_click(obj, mask, roi, tuple(prompt.point), prompt.positive)
+        spacing = volume.geometry.spacing
+        search = keep_change_at_click(obj, mask, roi, tuple(prompt.point), prompt.positive, spacing)
     if clip is not None:  # nothing outside the box the annotator drew
         inside = mask[clip].copy()
         mask[roi if roi is not None else ...] = 0
@@ -126,7 +127,12 @@ def adopt_labeled_blob(session: InteractiveSession, obj: ObjectState, click: tup
 
 
 def keep_change_at_click(
-    obj: ObjectState, mask: np.ndarray, roi: Box | None, click: tuple[int, ...], positive: bool
+    obj: ObjectState,
+    mask: np.ndarray,
+    roi: Box | None,
+    click: tuple[int, ...],
+    positive: bool,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> Box | None:
     """Confine a corrective click's effect to the change it asked for (`asked_change`: the voxels it added for a
     foreground click, removed for a background one, connected to the click); the rest of the model's answer
@@ -141,7 +147,9 @@ def keep_change_at_click(
     previous = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     inner = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(obj.box, box, strict=True))
     previous[inner] = obj.mask
-    merged = asked_change(previous, mask[box].astype(bool), local_click, positive)
+    start = np.array([b.start for b in box])
+    opposite = [np.asarray(p) - start for p in (obj.background if positive else obj.foreground)]
+    merged = asked_change(previous, mask[box].astype(bool), local_click, positive, opposite, spacing)
     if merged is not None:
         mask[box] = merged
     return box  # every non-zero voxel of `mask` now lies in `box`: a smaller search than the roi

@@ -98,6 +98,18 @@ def seg_inferer() -> dict[str, Any]:
 SURFACE_FAT_HU = -30.0  # below this on the kidney's outer surface: perirenal fat (3 voxels of 3 mm deep at most)
 
 
+def surface_fat_peel(spacing_mm: float, depth_mm: float = 9.0) -> dict[str, Any]:
+    """Perirenal fat on the object's outer surface is not kidney, tumor or cyst (annotation_apps.kidney.anatomy):
+    fat-density voxels peeled off the surface, `depth_mm` deep at most, on a grid of `spacing_mm` voxels."""
+    return {
+        "_target_": "annotation_apps.kidney.anatomy.PeelSurfaceFatd",
+        "keys": "pred",
+        "image_key": "image",
+        "threshold": (SURFACE_FAT_HU - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]),
+        "iterations": max(1, round(depth_mm / spacing_mm)),
+    }
+
+
 def seg_postprocessing() -> list[dict[str, Any]]:
     """Argmax, keep the two largest kidney blobs (no kidney voxels far from the kidneys), then peel fat off
     the kidneys' outer surface and relabel masses under 0.5 cm3 as kidney (issue 17)."""
@@ -111,14 +123,7 @@ def seg_postprocessing() -> list[dict[str, Any]]:
             "independent": False,
             "num_components": 2,
         },
-        {
-            # perirenal fat on the kidney's outer surface is not kidney (see annotation_apps.kidney.anatomy)
-            "_target_": "annotation_apps.kidney.anatomy.PeelSurfaceFatd",
-            "keys": "pred",
-            "image_key": "image",
-            "threshold": (SURFACE_FAT_HU - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]),
-            "iterations": 3,
-        },
+        surface_fat_peel(SEG_SPACING[0]),  # 3 voxels of 3 mm
         # masses under 0.5 cm3 (a 1 cm sphere) are artefacts far more often than lesions: kidney
         {"_target_": "annotation_apps.kidney.anatomy.DropSmallMassesd", "keys": "pred", "min_cm3": 0.5},
     ]
@@ -158,6 +163,12 @@ def click_inferer() -> dict[str, Any]:
         "overlap": 0.25,
         "mode": "gaussian",
     }
+
+
+def click_patch_postprocessing() -> dict[str, Any]:
+    """What the server does to each click's network patch (BundleClickTask): the same surface-fat peel as
+    kidney_seg's. Measured on the real CT in models/kidney_click/README.md."""
+    return {"_target_": "Compose", "transforms": [surface_fat_peel(CLICK_SPACING[0])]}
 
 
 def click_postprocessing() -> list[dict[str, Any]]:

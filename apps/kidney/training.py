@@ -382,6 +382,7 @@ def train_click(
         recipes.click_inferer(),
         recipes.click_postprocessing(),
     )
+    config["patch_postprocessing"] = recipes.click_patch_postprocessing()
     extras = {
         "input_key": "net_input",
         "roi_mm": list(recipes.CLICK_ROI_MM),
