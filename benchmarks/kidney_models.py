@@ -84,6 +84,46 @@ def evaluate_phantoms(task: BundleSegmentationTask, with_masses: int, without: i
     return report
 
 
+def evaluate_click_phantoms(task: BundleClickTask, phantoms: int, clicks: int) -> dict[str, object]:
+    """kidney_click per object class on held-out phantoms that all have tumors and cysts (seeds never used in
+    training): each kidney (with its lesions), each tumor and each cyst of 0.5 cm3 or more is one target of
+    the click protocol (in-process: whole new answers, no session rule)."""
+    from annotation_server.phantoms import generate_phantom
+
+    config = training_phantoms().with_(tumor_prob=1.0, cyst_prob=1.0)
+    curves: dict[str, list[list[float]]] = {"kidney": [], "tumor": [], "cyst": []}
+    for offset in range(phantoms):
+        phantom = generate_phantom(PHANTOM_SEED + offset, config)
+        volume = Volume(array=phantom.image, geometry=Geometry(phantom.image.shape, phantom.affine))
+        voxel_cm3 = float(np.prod(volume.geometry.spacing)) / 1000.0
+        targets: list[tuple[str, np.ndarray]] = []
+        kidneys, count = ndimage.label(phantom.label > 0)
+        targets += [("kidney", kidneys == i) for i in range(1, count + 1)]
+        for name, code in (("tumor", 2), ("cyst", 3)):
+            parts, count = ndimage.label(phantom.label == code)
+            targets += [(name, parts == i) for i in range(1, count + 1)]
+        for name, truth in targets:
+            if truth.sum() * voxel_cm3 < 0.5:
+                continue
+
+            def segment(fg: list, bg: list, volume=volume) -> np.ndarray:  # type: ignore[no-untyped-def]
+                return task.infer(volume, InferParams(foreground=fg, background=bg)).mask
+
+            curves[name].append(simulate_clicks(segment, truth, clicks))
+    report: dict[str, object] = {"phantoms": phantoms}
+    for name, runs in curves.items():
+        if not runs:
+            continue
+        array = np.array(runs)
+        report[name] = {
+            "objects": len(runs),
+            "dice_after_click_mean": [round(float(v), 4) for v in array.mean(axis=0)],
+            "best_within_3_mean": round(float(array[:, :3].max(axis=1).mean()), 4),
+            "reached_090_within_3": int((array[:, :3].max(axis=1) >= 0.9).sum()),
+        }
+    return report
+
+
 def storage_copies(
     folder: Path, scratch: Path, case: str = "ct_full", prefix: str = ""
 ) -> dict[str, tuple[Volume, np.ndarray]]:
@@ -291,6 +331,7 @@ def main() -> None:
             "version": click.version,
             "sha256": click.bundle.sha256,
             **evaluate_click(click, folder, args.clicks),
+            "held_out_phantoms": evaluate_click_phantoms(click, args.phantoms[0], args.clicks),
         }
     report["full_ct_by_storage"] = evaluate_storage(seg, click, folder)
     if not args.seg_only:

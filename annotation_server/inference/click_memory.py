@@ -66,10 +66,20 @@ def asked_change(
 
 
 def _box_of(mask: np.ndarray) -> Box | None:
-    nonzero = np.nonzero(mask)
-    if len(nonzero[0]) == 0:
-        return None
-    return tuple(slice(int(a.min()), int(a.max()) + 1) for a in nonzero)  # type: ignore[return-value]
+    """The bounding box of the non-zero voxels (three projections: no index array the size of the mask)."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(present) == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _union(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return a or b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -81,16 +91,19 @@ class _Answer:
     @classmethod
     def of(cls, mask: np.ndarray, made: int) -> _Answer:
         box = _box_of(mask)
-        return cls(box, None if box is None else mask[box].astype(bool), made)
+        return cls(box, None if box is None else mask[box] != 0, made)
 
     @property
     def nbytes(self) -> int:
         return 0 if self.inside is None else int(self.inside.nbytes)
 
-    def full(self, shape: tuple[int, ...]) -> np.ndarray:
-        mask = np.zeros(shape, dtype=bool)
+    def within(self, box: Box) -> np.ndarray:
+        """The remembered object inside `box` (which holds the remembered box)."""
+        mask = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
         if self.box is not None and self.inside is not None:
-            mask[self.box] = self.inside
+            mask[tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(self.box, box, strict=True))] = (
+                self.inside
+            )
         return mask
 
 
@@ -122,8 +135,8 @@ class ClickMemory:
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> np.ndarray:
         """The answer to these clicks as a corrective click on the remembered answer to the same clicks minus
-        the newest one (if remembered), and remember it. `answer` is the model's fresh mask (0/1, full size);
-        the result has the same shape and dtype."""
+        the newest one (if remembered), and remember it. `answer` is the model's fresh mask (0/1, full size),
+        edited in place and returned; the work happens inside the two answers' boxes only."""
         fg, bg = _clicks_key(foreground), _clicks_key(background)
         candidates: list[tuple[_Answer, Point, bool]] = []
         with self._lock:
@@ -134,14 +147,17 @@ class ClickMemory:
             self._made += 1
             made = self._made
         previous, click, positive = max(candidates, key=lambda c: c[0].made) if candidates else (None, None, True)
-        result = answer
-        if previous is not None and click is not None:
-            opposite = bg if positive else fg
-            merged = asked_change(previous.full(answer.shape), answer > 0, click, positive, opposite, spacing)
-            if merged is not None:
-                result = merged.astype(answer.dtype)
-        self._remember((*scope, fg, bg), _Answer.of(result > 0, made))
-        return result
+        box = _union(previous.box, _box_of(answer)) if previous is not None else None
+        if previous is not None and click is not None and box is not None:
+            start = np.array([b.start for b in box])
+            local = tuple(int(c) - int(a) for c, a in zip(click, start, strict=True))
+            if all(0 <= c < b.stop - b.start for c, b in zip(local, box, strict=True)):
+                opposite = [np.asarray(p) - start for p in (bg if positive else fg)]
+                merged = asked_change(previous.within(box), answer[box] != 0, local, positive, opposite, spacing)
+                if merged is not None:
+                    answer[box] = merged
+        self._remember((*scope, fg, bg), _Answer.of(answer, made))
+        return answer
 
     def _remember(self, key: tuple[object, ...], answer: _Answer) -> None:
         with self._lock:

@@ -148,3 +148,14 @@ def test_simulate_clicks_rejects_bad_input() -> None:
         simulate_clicks(lambda fg, bg: truth, truth, 0)
     with pytest.raises(ValueError, match="shape"):
         simulate_clicks(lambda fg, bg: truth[:-1], truth, 2)
+
+
+def test_noc_and_worst_drop_read_a_dice_curve() -> None:
+    from annotation_server.evaluation.click_paths import number_of_clicks, summarize, worst_drop
+
+    curve = [0.70, 0.86, 0.84, 0.91, 0.95]
+    assert number_of_clicks(curve, 0.85) == 2 and number_of_clicks(curve, 0.90) == 4
+    assert number_of_clicks(curve, 0.99) is None
+    assert worst_drop(curve) == pytest.approx(0.02) and worst_drop([0.5, 0.6, 0.7]) == 0.0
+    summary = summarize(curve)
+    assert summary["noc85"] == 2 and summary["noc90"] == 4 and summary["worst_drop"] == pytest.approx(0.02)
