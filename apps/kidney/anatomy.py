@@ -36,18 +36,32 @@ class PeelSurfaceFatd(MapTransform):
             pred = out[key]
             labels = np.asarray(torch.as_tensor(pred).detach().cpu())
             channel = labels[0].copy()
-            fat = image < self.threshold
-            mask = channel > 0
-            for _ in range(self.iterations):
-                surface = mask & ~ndimage.binary_erosion(mask)
-                peel = surface & fat
-                if not peel.any():
-                    break
-                mask &= ~peel
-            channel[~mask] = 0
+            # Only the label's box plus one voxel: erosion there equals erosion of the whole array (the label
+            # touches no new border), and a click patch or a scan is mostly background.
+            box = _box_with_margin(channel > 0)
+            if box is not None:
+                fat = image[box] < self.threshold
+                mask = channel[box] > 0
+                for _ in range(self.iterations):
+                    surface = mask & ~ndimage.binary_erosion(mask)
+                    peel = surface & fat
+                    if not peel.any():
+                        break
+                    mask &= ~peel
+                channel[box][~mask] = 0
             pred[0] = torch.as_tensor(channel, dtype=pred.dtype)  # in place: keeps the MetaTensor's records
             out[key] = pred
         return out
+
+
+def _box_with_margin(mask: np.ndarray) -> tuple[slice, ...] | None:
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(present) == 0:
+            return None
+        box.append(slice(max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, mask.shape[axis])))
+    return tuple(box)
 
 
 class DropSmallMassesd(MapTransform):
