@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.segmentation import flood
 
+from annotation_server.imaging.boxes import Box, embed, mask_box, union_box
+
 Point = tuple[int, int, int]
-Box = tuple[slice, slice, slice]
 
 
 def asked_change(
@@ -53,11 +54,7 @@ def asked_change(
     # labelling every component of the change (the boundary wobbles are many, small and scattered).
     asked = flood(changed, click, connectivity=1)  # connectivity 1: the 6 face neighbours
     voxels = np.argwhere(asked)
-    scale = np.asarray(spacing, dtype=float)
-    to_click = (((voxels - np.asarray(click)) * scale) ** 2).sum(axis=1)
-    keep = np.ones(len(voxels), dtype=bool)
-    for other in opposite:
-        keep &= to_click <= (((voxels - np.asarray(other)) * scale) ** 2).sum(axis=1)
+    keep = _nearer_to_click(voxels, click, opposite, spacing)
     if not keep.all():
         owned = np.zeros_like(asked)
         owned[tuple(voxels[keep].T)] = True
@@ -65,21 +62,48 @@ def asked_change(
     return np.where(asked, current, previous)
 
 
-def _box_of(mask: np.ndarray) -> Box | None:
-    """The bounding box of the non-zero voxels (three projections: no index array the size of the mask)."""
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if len(present) == 0:
-            return None
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
+def _nearer_to_click(
+    voxels: np.ndarray, click: Sequence[int], opposite: Sequence[Sequence[int]], spacing: Sequence[float]
+) -> np.ndarray:
+    """For each voxel (rows of `voxels`), whether it lies no farther from `click` than from every one of
+    `opposite`, in mm."""
+    scale = np.asarray(spacing, dtype=float)
+    to_click = (((voxels - np.asarray(click)) * scale) ** 2).sum(axis=1)
+    keep = np.ones(len(voxels), dtype=bool)
+    for other in opposite:
+        keep &= to_click <= (((voxels - np.asarray(other)) * scale) ** 2).sum(axis=1)
+    return keep
 
 
-def _union(a: Box | None, b: Box | None) -> Box | None:
-    if a is None or b is None:
-        return a or b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+def keep_asked_change(
+    previous_box: Box | None,
+    previous_inside: np.ndarray | None,
+    answer: np.ndarray,
+    click: Sequence[int],
+    positive: bool,
+    opposite: Sequence[Sequence[int]],
+    spacing: Sequence[float],
+    search: Box | None = None,
+) -> Box | None:
+    """A corrective click's answer confined to what it asked for (`asked_change`), for both click paths.
+
+    `previous_inside` is the object's mask before the click, placed at `previous_box`; `answer` is the model's
+    fresh full-size mask (non-zero inside `search` only, if given), edited in place, and only inside the box
+    holding both. `click` and `opposite` are image voxels. Returns that box: every non-zero voxel of `answer`
+    lies in it (None: both empty)."""
+    box = union_box(previous_box, mask_box(answer, search))
+    if box is None:
+        return None
+    start = np.array([b.start for b in box])
+    local = tuple(int(c) - int(a) for c, a in zip(click, start, strict=True))
+    if any(not 0 <= c < b.stop - b.start for c, b in zip(local, box, strict=True)):
+        return box  # the click changed nothing it could have asked for: the model's answer stands
+    previous = embed(previous_inside, previous_box, box, bool)
+    mine = [np.asarray(p) - start for p in opposite]
+    merged = asked_change(previous, answer[box] != 0, local, positive, mine, spacing)
+    if merged is not None:
+        answer[box] = merged
+    return box
 
 
 @dataclass(frozen=True)
@@ -89,26 +113,22 @@ class _Answer:
     made: int  # order of making: of two remembered predecessors the newer is the one the user saw last
 
     @classmethod
-    def of(cls, mask: np.ndarray, made: int) -> _Answer:
-        box = _box_of(mask)
+    def of(cls, mask: np.ndarray, made: int, within: Box | None = None) -> _Answer:
+        """`mask`'s object (non-zero inside `within` only, if given: no second pass over a full-size mask)."""
+        box = mask_box(mask, within)
         return cls(box, None if box is None else mask[box] != 0, made)
 
     @property
     def nbytes(self) -> int:
         return 0 if self.inside is None else int(self.inside.nbytes)
 
-    def within(self, box: Box) -> np.ndarray:
-        """The remembered object inside `box` (which holds the remembered box)."""
-        mask = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
-        if self.box is not None and self.inside is not None:
-            mask[tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(self.box, box, strict=True))] = (
-                self.inside
-            )
-        return mask
+
+def _clicks(points: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.asarray(points, dtype=np.int64).reshape(-1, 3)
 
 
-def _clicks_key(points: list[Point] | list[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(int(v) for v in p) for p in points)
+def _digest(points: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(p) for p in points.tolist())
 
 
 class ClickMemory:
@@ -137,26 +157,21 @@ class ClickMemory:
         """The answer to these clicks as a corrective click on the remembered answer to the same clicks minus
         the newest one (if remembered), and remember it. `answer` is the model's fresh mask (0/1, full size),
         edited in place and returned; the work happens inside the two answers' boxes only."""
-        fg, bg = _clicks_key(foreground), _clicks_key(background)
-        candidates: list[tuple[_Answer, Point, bool]] = []
+        fg, bg = _clicks(foreground), _clicks(background)
+        candidates: list[tuple[_Answer, np.ndarray, bool]] = []
         with self._lock:
-            if fg and (found := self._answers.get((*scope, fg[:-1], bg))) is not None:
-                candidates.append((found, fg[-1], True))  # type: ignore[arg-type]
-            if bg and (found := self._answers.get((*scope, fg, bg[:-1]))) is not None:
-                candidates.append((found, bg[-1], False))  # type: ignore[arg-type]
+            if len(fg) and (found := self._answers.get((*scope, _digest(fg[:-1]), _digest(bg)))) is not None:
+                candidates.append((found, fg[-1], True))
+            if len(bg) and (found := self._answers.get((*scope, _digest(fg), _digest(bg[:-1])))) is not None:
+                candidates.append((found, bg[-1], False))
             self._made += 1
             made = self._made
-        previous, click, positive = max(candidates, key=lambda c: c[0].made) if candidates else (None, None, True)
-        box = _union(previous.box, _box_of(answer)) if previous is not None else None
-        if previous is not None and click is not None and box is not None:
-            start = np.array([b.start for b in box])
-            local = tuple(int(c) - int(a) for c, a in zip(click, start, strict=True))
-            if all(0 <= c < b.stop - b.start for c, b in zip(local, box, strict=True)):
-                opposite = [np.asarray(p) - start for p in (bg if positive else fg)]
-                merged = asked_change(previous.within(box), answer[box] != 0, local, positive, opposite, spacing)
-                if merged is not None:
-                    answer[box] = merged
-        self._remember((*scope, fg, bg), _Answer.of(answer, made))
+        within = None
+        if candidates:
+            previous, click, positive = max(candidates, key=lambda c: c[0].made)
+            opposite = bg if positive else fg
+            within = keep_asked_change(previous.box, previous.inside, answer, click, positive, opposite, spacing)
+        self._remember((*scope, _digest(fg), _digest(bg)), _Answer.of(answer, made, within))
         return answer
 
     def _remember(self, key: tuple[object, ...], answer: _Answer) -> None:

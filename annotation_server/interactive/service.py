@@ -20,12 +20,13 @@ import numpy as np
 from annotation_server.datastore import Datastore, LabelSource, LabelVersion
 from annotation_server.errors import ConflictError, InvalidRequestError
 from annotation_server.imaging import read_volume
+from annotation_server.imaging.boxes import Box, mask_box
 from annotation_server.inference.admission import FairAdmission
 from annotation_server.inference.engine import InferenceService
 from annotation_server.interactive.delta import encode
 from annotation_server.interactive.manager import SessionManager
 from annotation_server.interactive.prompts import LassoPrompt, Prompt
-from annotation_server.interactive.session import Box, Change, InteractiveSession, mask_box
+from annotation_server.interactive.session import Change, InteractiveSession
 from annotation_server.interactive.tools import draw_lasso, refine_object
 
 

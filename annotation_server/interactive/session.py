@@ -18,42 +18,9 @@ from typing import Any
 
 import numpy as np
 
-Box = tuple[slice, slice, slice]
+from annotation_server.imaging.boxes import Box, embed, mask_box, union_box
+
 Voxel = tuple[int, int, int]
-
-
-def union_box(a: Box | None, b: Box | None) -> Box | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
-
-
-def mask_box(mask: np.ndarray, within: Box | None = None) -> Box | None:
-    """Bounding box of the non-zero voxels of `mask`, searched inside `within` only (fast on big volumes)."""
-    region = mask[within] if within is not None else mask
-    plane = region.any(axis=2)  # one pass over the volume gives the (i, j) footprint ...
-    if not plane.any():
-        return None
-    offset = [s.start for s in within] if within is not None else [0, 0, 0]
-    # ... the i and j extents come from that plane; k needs a second pass, over the rows that are hit only.
-    rows, cols = np.nonzero(plane.any(axis=1))[0], np.nonzero(plane.any(axis=0))[0]
-    depth = np.nonzero(region[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].any(axis=(0, 1)))[0]
-    extents = (rows, cols, depth)
-    box = [slice(o + int(hits[0]), o + int(hits[-1]) + 1) for o, hits in zip(offset, extents, strict=True)]
-    return box[0], box[1], box[2]
-
-
-def _embed(
-    patch: np.ndarray | None, patch_box: Box | None, box: Box, dtype: type, fill: np.ndarray | None = None
-) -> np.ndarray:
-    """`patch` (placed at `patch_box`) re-cut to `box`, which contains it; elsewhere `fill` (or zeros)."""
-    out = fill.copy() if fill is not None else np.zeros(tuple(s.stop - s.start for s in box), dtype=dtype)
-    if patch is not None and patch_box is not None:
-        inner = tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(patch_box, box, strict=True))
-        out[inner] = patch
-    return out
 
 
 @dataclass
@@ -150,7 +117,7 @@ class InteractiveSession:
         if box is None:  # nothing before, nothing now
             obj.box, obj.mask, obj.base = None, None, None
             return self._record(None, None, None, before_obj, obj, kind)
-        base = _embed(obj.base, obj.box, box, np.uint8, fill=self.mask[box].copy())
+        base = embed(obj.base, obj.box, box, np.uint8, fill=self.mask[box].copy())
         new_mask = mask[box].astype(bool)
         if locked:
             new_mask &= ~np.isin(base, list(locked))

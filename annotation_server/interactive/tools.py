@@ -13,11 +13,12 @@ from skimage.segmentation import flood
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Volume
-from annotation_server.inference.click_memory import asked_change
+from annotation_server.imaging.boxes import Box, mask_box, union_box
+from annotation_server.inference.click_memory import keep_asked_change
 from annotation_server.inference.params import InferParams, check_points
 from annotation_server.inference.task import InferTask
 from annotation_server.interactive.prompts import BoxPrompt, LassoPrompt, PointPrompt, ScribblePrompt
-from annotation_server.interactive.session import Box, Change, InteractiveSession, ObjectState, mask_box, union_box
+from annotation_server.interactive.session import Change, InteractiveSession, ObjectState
 
 MAX_SCRIBBLE_CLICKS = 8
 
@@ -134,24 +135,14 @@ def keep_change_at_click(
     positive: bool,
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> Box | None:
-    """Confine a corrective click's effect to the change it asked for (`asked_change`: the voxels it added for a
-    foreground click, removed for a background one, connected to the click); the rest of the model's answer
-    goes back to the object's previous mask. Returns the box to search afterwards. `mask` (full size) is
-    edited in place, inside boxes only, so a click costs the same on a large scan as on a small one."""
-    box = union_box(obj.box, mask_box(mask, roi) if roi is not None else mask_box(mask))
-    if box is None or obj.box is None or obj.mask is None:
+    """Confine a corrective click's effect to the change it asked for (`keep_asked_change`, the rule `/infer`
+    uses too); the rest of the model's answer goes back to the object's previous mask. Returns the box to
+    search afterwards. `mask` (full size) is edited in place, inside boxes only, so a click costs the same on a
+    large scan as on a small one."""
+    if obj.box is None or obj.mask is None:
         return roi
-    local_click = tuple(int(c) - b.start for c, b in zip(click, box, strict=True))
-    if any(not 0 <= c < b.stop - b.start for c, b in zip(local_click, box, strict=True)):
-        return box
-    previous = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
-    inner = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(obj.box, box, strict=True))
-    previous[inner] = obj.mask
-    start = np.array([b.start for b in box])
-    opposite = [np.asarray(p) - start for p in (obj.background if positive else obj.foreground)]
-    merged = asked_change(previous, mask[box].astype(bool), local_click, positive, opposite, spacing)
-    if merged is not None:
-        mask[box] = merged
+    opposite = obj.background if positive else obj.foreground
+    box = keep_asked_change(obj.box, obj.mask, mask, click, positive, opposite, spacing, search=roi)
     return box  # every non-zero voxel of `mask` now lies in `box`: a smaller search than the roi
 
 

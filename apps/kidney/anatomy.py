@@ -18,6 +18,8 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from annotation_server.imaging.boxes import grow_box, mask_box
+
 
 class PeelSurfaceFatd(MapTransform):
     """Clear labelled voxels on the label's outer surface whose image value is below `threshold`, `iterations`
@@ -38,8 +40,9 @@ class PeelSurfaceFatd(MapTransform):
             channel = labels[0].copy()
             # Only the label's box plus one voxel: erosion there equals erosion of the whole array (the label
             # touches no new border), and a click patch or a scan is mostly background.
-            box = _box_with_margin(channel > 0)
+            box = mask_box(channel)
             if box is not None:
+                box = grow_box(box, 1, channel.shape)
                 fat = image[box] < self.threshold
                 mask = channel[box] > 0
                 for _ in range(self.iterations):
@@ -52,16 +55,6 @@ class PeelSurfaceFatd(MapTransform):
             pred[0] = torch.as_tensor(channel, dtype=pred.dtype)  # in place: keeps the MetaTensor's records
             out[key] = pred
         return out
-
-
-def _box_with_margin(mask: np.ndarray) -> tuple[slice, ...] | None:
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if len(present) == 0:
-            return None
-        box.append(slice(max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, mask.shape[axis])))
-    return tuple(box)
 
 
 class DropSmallMassesd(MapTransform):
