@@ -444,6 +444,62 @@ def test_click_memory_is_bounded_in_entries_and_bytes() -> None:
     assert len(memory) == 3
 
 
+def test_nearest_click_rule_holds_against_hundreds_of_clicks_of_the_other_kind() -> None:
+    """The rule as the docstring states it, checked voxel by voxel against every opposite click on an
+    anisotropic grid: a change is kept only where it lies no farther (in mm) from the click than from each
+    of the 300 opposite clicks, and face-connected to the click."""
+    from scipy import ndimage
+
+    from annotation_server.inference.click_memory import asked_change
+
+    rng = np.random.default_rng(7)
+    previous = np.zeros((40, 30, 20), bool)
+    previous[5:35, 5:25, 4:16] = True
+    current = previous & (rng.random(previous.shape) > 0.02)
+    current[15:35] = False  # the model's over-reaction to a background click
+    click = (30, 15, 10)
+    opposite = [tuple(int(v) for v in p) for p in rng.integers(0, (40, 30, 20), size=(300, 3))]
+    spacing = (0.8, 0.8, 2.5)
+    merged = asked_change(previous, current, click, positive=False, opposite=opposite, spacing=spacing)
+    assert merged is not None
+    scale = np.asarray(spacing)
+    grid = np.stack(np.indices(previous.shape), axis=-1)
+
+    def squared_mm(point: tuple[int, ...]) -> np.ndarray:
+        return (((grid - np.asarray(point)) * scale) ** 2).sum(axis=-1)
+
+    to_click = squared_mm(click)
+    to_opposite = np.min([squared_mm(p) for p in opposite], axis=0)
+    allowed = previous & ~current & (to_click <= to_opposite)
+    parts, _ = ndimage.label(allowed, structure=ndimage.generate_binary_structure(3, 1))
+    expected = np.where(parts == parts[click], current, previous)
+    assert 0 < (merged != previous).sum() < (current != previous).sum()  # some of the change kept, not all
+    np.testing.assert_array_equal(merged, expected)
+
+
+def test_click_memory_holds_fixed_size_keys_whatever_a_client_sends() -> None:
+    """A client may resend tens of thousands of clicks with each /infer: the memory's budget counts masks, so
+    the keys must not grow with the clicks (8 entries of 20,000 clicks each held about 10 MB before)."""
+    import tracemalloc
+
+    from annotation_server.inference.click_memory import ClickMemory
+
+    clicks = [(i % 10, (i // 10) % 10, (i // 100) % 10) for i in range(20_000)]
+    answer = np.zeros((10, 10, 10), np.uint8)
+    answer[1:4, 1:4, 1:4] = 1
+    memory = ClickMemory(max_entries=8)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(8):
+            memory.correct(("img", k), clicks, clicks, answer.copy())
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memory) == 8
+    assert held < 256 * 1024, f"the memory holds {held} bytes for 8 tiny answers"
+
+
 def test_keep_change_at_click_lets_an_ignored_click_keep_the_models_answer() -> None:
     from annotation_server.interactive.session import ObjectState
     from annotation_server.interactive.tools import keep_change_at_click

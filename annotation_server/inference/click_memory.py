@@ -12,12 +12,14 @@ clicks (`benchmarks/kidney_models.py` measures both).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 from skimage.segmentation import flood
 
 from annotation_server.imaging.boxes import Box, embed, mask_box, union_box
@@ -62,17 +64,37 @@ def asked_change(
     return np.where(asked, current, previous)
 
 
+# From this many opposite clicks on, a k-d tree beats one vectorised pass per click (measured: 300,000 voxels,
+# tree ~0.1 s whatever the count; a pass ~0.015 s per click). Annotators send a handful: the passes serve them.
+_TREE_FROM_CLICKS = 8
+
+
 def _nearer_to_click(
     voxels: np.ndarray, click: Sequence[int], opposite: Sequence[Sequence[int]], spacing: Sequence[float]
 ) -> np.ndarray:
-    """For each voxel (rows of `voxels`), whether it lies no farther from `click` than from every one of
-    `opposite`, in mm."""
+    """For each voxel (rows of `voxels`), whether it lies no farther from `click` than from the nearest of
+    `opposite`, in mm. Many clicks go through a k-d tree, so a request carrying thousands (the params field
+    allows it) costs log(clicks) per voxel instead of stalling a worker."""
+    if len(opposite) == 0 or len(voxels) == 0:
+        return np.ones(len(voxels), dtype=bool)
     scale = np.asarray(spacing, dtype=float)
-    to_click = (((voxels - np.asarray(click)) * scale) ** 2).sum(axis=1)
-    keep = np.ones(len(voxels), dtype=bool)
-    for other in opposite:
-        keep &= to_click <= (((voxels - np.asarray(other)) * scale) ** 2).sum(axis=1)
-    return keep
+    points = np.asarray(opposite, dtype=np.int64).reshape(-1, 3)
+
+    def squared_mm(to: np.ndarray) -> np.ndarray:
+        # From whole-voxel offsets, as the rule defines distance: a voxel halfway between two clicks is an
+        # exact tie on the grid, and ties go to this click.
+        return (((voxels - to) * scale) ** 2).sum(axis=1)
+
+    to_click = squared_mm(np.asarray(click))
+    if len(points) < _TREE_FROM_CLICKS:
+        keep = np.ones(len(voxels), dtype=bool)
+        for point in points:
+            keep &= to_click <= squared_mm(point)
+        return keep
+    _, nearest = cKDTree(points * scale).query(voxels * scale, k=1)
+    # The tolerance covers the tree choosing, among opposite clicks at the same distance, one whose squared
+    # offset rounds a few ulps higher.
+    return to_click <= squared_mm(points[nearest]) * (1 + 1e-9)
 
 
 def keep_asked_change(
@@ -127,8 +149,9 @@ def _clicks(points: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(points, dtype=np.int64).reshape(-1, 3)
 
 
-def _digest(points: np.ndarray) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(p) for p in points.tolist())
+def _digest(points: np.ndarray) -> bytes:
+    """A fixed-size key for a click list: remembered keys cost the same whatever a client sends."""
+    return hashlib.blake2b(points.tobytes(), digest_size=16).digest()
 
 
 class ClickMemory:
