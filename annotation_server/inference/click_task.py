@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from annotation_server.errors import InvalidRequestError
 from annotation_server.imaging import Geometry, Volume
+from annotation_server.imaging.boxes import grow_box, mask_box
 from annotation_server.inference.bundle import load_bundle
 from annotation_server.inference.bundle_task import BundleTask
 from annotation_server.inference.guidance import render_guidance
@@ -88,6 +89,12 @@ def _linear_along(source: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarr
     return values
 
 
+def _below_half_outside(probability: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """`probability` with every voxel outside `kept` pushed below 0.5: a patch-grid decision (a blob the clicks
+    do not touch, fat peeled off) that the interpolation back onto the image grid then respects."""
+    return np.where(kept, probability, np.minimum(probability, np.float32(0.49)))
+
+
 def _network_box(centre: np.ndarray, patch: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
     starts = [min(max(round(c - p / 2), 0), max(n - p, 0)) for c, p, n in zip(centre, patch, shape, strict=True)]
     return tuple(slice(a, min(a + p, n)) for a, p, n in zip(starts, patch, shape, strict=True))
@@ -120,15 +127,12 @@ def _back_to_input(
         # is cut to the object's box plus one voxel; on a 0.7 mm image that is a few times less work than the
         # whole patch's footprint (tens of ms per click).
         result = np.zeros(tuple(hi - lo), dtype=np.uint8)
-        positive = probability >= 0.5
-        if not positive.any():
+        object_box = mask_box(probability >= 0.5)
+        if object_box is None:
             return input_box, result
-        start = np.zeros(3, dtype=int)
-        stop = np.array(probability.shape)
-        for row in range(3):
-            present = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != row)))
-            start[row], stop[row] = max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, probability.shape[row])
-        source = probability[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+        object_box = grow_box(object_box, 1, probability.shape)
+        start = np.array([s.start for s in object_box])
+        source = probability[object_box]
         rows = [int(np.argmax(np.abs(linear[:, axis]))) for axis in range(3)]
         source = np.transpose(source, rows)  # axis a <- network axis rows[a] (not argsort: 3-cycles)
         runs = []
@@ -244,7 +248,7 @@ class BundleClickTask(BundleTask):
             return probability
         labels = torch.from_numpy((probability >= 0.5).astype(np.float32))[None]
         kept = np.asarray(steps({"pred": labels, "image": image.detach().cpu()})["pred"])[0] > 0
-        return np.where(kept, probability, np.minimum(probability, np.float32(0.49)))
+        return _below_half_outside(probability, kept)
 
     def infer(self, volume: Volume, params: InferParams) -> InferResult:
         foreground, background = self._clicks(params)
@@ -270,7 +274,7 @@ class BundleClickTask(BundleTask):
             kept = keep_clicked_components(
                 (probability >= 0.5).astype(np.uint8), _seeds(foreground, prepared, box, probability.shape)
             )
-            probability = np.where(kept > 0, probability, np.minimum(probability, np.float32(0.49)))
+            probability = _below_half_outside(probability, kept > 0)
         input_box, local_mask = _back_to_input(probability, box, prepared.to_network, shape)
         if not finer_input:
             offset = np.array([s.start for s in input_box])
